@@ -1,0 +1,122 @@
+"""Small building blocks of the networks: sinusoidal embeddings, norms, blending.
+
+Everything here is a pure function or a tiny module with no knowledge of configs or files.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of scalar values, cosines first.
+
+    ``half = dim // 2``; frequency ``k`` is ``exp(-ln(max_period) * k / half)``; the output is
+    ``[cos(t f), sin(t f)]`` with one zero column appended when ``dim`` is odd.
+
+    Args:
+        timesteps: (N,) values of any numeric dtype (cast to float32).
+        dim: output width.
+        max_period: controls the lowest frequency.
+
+    Returns:
+        (N, dim) float32 embedding.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back to the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    """The UNet ResBlock norm: 32 groups, eps 1e-5, float32 compute."""
+    return GroupNorm32(32, channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` in place and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def maybe_checkpoint(fn: Callable, *args, enabled: bool) -> torch.Tensor:
+    """Run ``fn(*args)``, through activation checkpointing when ``enabled`` and grads are on."""
+    if enabled and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+class AlphaBlender(nn.Module):
+    """Blend a spatial and a temporal branch: ``alpha * spatial + (1 - alpha) * temporal``.
+
+    Merge strategies:
+        ``fixed``: alpha = ``merge_factor`` (a buffer).
+        ``learned``: alpha = sigmoid(``mix_factor``), a learned scalar.
+        ``learned_with_images``: as ``learned``, but alpha = 1 (spatial only) wherever
+        ``image_only_indicator`` is nonzero.
+
+    ``layout`` says how the per-(clip, frame) alpha of shape (B, T) is laid out
+    against the features: ``"frames_first"`` gives (B*T, 1, 1) for token features
+    (B*T, S, C); ``"channels_first"`` gives (B, 1, T, 1, 1) for (B, C, T, H, W).
+    """
+
+    strategies = ("fixed", "learned", "learned_with_images")
+
+    def __init__(self, alpha: float, merge_strategy: str = "learned_with_images", layout: str = "frames_first"):
+        super().__init__()
+        if merge_strategy not in self.strategies:
+            raise ValueError(f"merge_strategy must be one of {self.strategies}, got {merge_strategy!r}")
+        if layout not in ("frames_first", "channels_first"):
+            raise ValueError(f"layout must be 'frames_first' or 'channels_first', got {layout!r}")
+        self.merge_strategy = merge_strategy
+        self.layout = layout
+        if merge_strategy == "fixed":
+            self.register_buffer("mix_factor", torch.tensor([alpha]))
+        else:
+            self.mix_factor = nn.Parameter(torch.tensor([alpha]))
+
+    def get_alpha(self, image_only_indicator: torch.Tensor | None) -> torch.Tensor:
+        """Alpha of shape (B, T) (or (1,) without an indicator for the non-image strategies)."""
+        if self.merge_strategy == "fixed":
+            alpha = self.mix_factor
+        elif self.merge_strategy == "learned":
+            alpha = torch.sigmoid(self.mix_factor)
+        else:
+            if image_only_indicator is None:
+                raise ValueError("merge_strategy 'learned_with_images' needs image_only_indicator (B, T)")
+            alpha = torch.where(
+                image_only_indicator.bool(),
+                torch.ones(1, 1, device=image_only_indicator.device),
+                torch.sigmoid(self.mix_factor)[None].to(image_only_indicator.device),
+            )
+        return alpha
+
+    def _layout(self, alpha: torch.Tensor) -> torch.Tensor:
+        if alpha.ndim < 2:  # a scalar alpha broadcasts against anything
+            return alpha
+        if self.layout == "frames_first":
+            return alpha.reshape(-1, 1, 1)
+        return alpha[:, None, :, None, None]
+
+    def forward(
+        self, x_spatial: torch.Tensor, x_temporal: torch.Tensor, image_only_indicator: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        alpha = self._layout(self.get_alpha(image_only_indicator)).to(x_spatial.dtype)
+        return alpha * x_spatial + (1.0 - alpha) * x_temporal
