@@ -1,0 +1,204 @@
+"""The latent video diffusion engine: UNet + denoiser + conditioner + VAE + loss + sampler.
+
+Frames are flattened clip-major: a batch ``video`` of shape (B, 3, T, H, W) becomes
+(B*T, 3, H, W) images and (B*T, 4, H/8, W/8) latents.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+
+from ..checkpoint import load_checkpoint
+from ..modules.diffusionmodules.wrappers import OpenAIWrapper
+from ..util import instantiate_from_config
+
+DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
+
+
+def select_parameters(
+    named: Iterable[tuple[str, nn.Parameter]], keys: Sequence[str]
+) -> list[tuple[str, nn.Parameter]]:
+    """Parameters whose name contains any of ``keys``; ``"all"`` selects everything."""
+    named = list(named)
+    if "all" in keys:
+        return named
+    return [(name, p) for name, p in named if any(key in name for key in keys)]
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), clip-major."""
+    b, c, t, h, w = video.shape
+    return video.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def frames_to_video(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    n, c, h, w = frames.shape
+    return frames.reshape(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+class DiffusionEngine(pl.LightningModule):
+    """Latent diffusion over videos, trainable with Lightning and usable for sampling.
+
+    Args:
+        network_config: the UNet (``VideoUNet``); held as ``model.diffusion_model``.
+        denoiser_config: preconditioning wrapper (``Denoiser``).
+        first_stage_config: the frozen autoencoder (``AutoencoderKL``).
+        conditioner_config: ``GeneralConditioner``.
+        sampler_config: sampler used by :meth:`sample` (optional for training-only use).
+        loss_fn_config: training loss (optional for inference-only use).
+        optimizer_config: optimizer node without ``params`` learning rate (default AdamW).
+        input_key: batch key of the target clip (B, 3, T, H, W) in [-1, 1].
+        scale_factor: latent multiplier (SD VAE: 0.18215).
+        disable_first_stage_autocast: run the VAE outside autocast, in its own dtype.
+        en_and_decode_n_samples_a_time: VAE chunk size in frames (default: all at once).
+        num_samples: T, frames per clip.
+        trained_param_keys: UNet parameter-name substrings to train (``["all"]`` for all);
+            the rest of the UNet is frozen.
+        ckpt_path: checkpoint loaded at construction (any layout of :mod:`sgm.checkpoint`).
+        ckpt_allow_missing: key prefixes ``ckpt_path`` may lack (kept as built).
+        log_keys: batch keys shown by image logging.
+    """
+
+    def __init__(
+        self,
+        network_config: dict,
+        denoiser_config: dict,
+        first_stage_config: dict,
+        conditioner_config: dict,
+        sampler_config: dict | None = None,
+        loss_fn_config: dict | None = None,
+        optimizer_config: dict | None = None,
+        input_key: str = "video",
+        scale_factor: float = 1.0,
+        disable_first_stage_autocast: bool = False,
+        en_and_decode_n_samples_a_time: int | None = None,
+        num_samples: int = 16,
+        trained_param_keys: Sequence[str] = ("all",),
+        ckpt_path: str | None = None,
+        ckpt_allow_missing: Sequence[str] = (),
+        log_keys: str | Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.model = OpenAIWrapper(instantiate_from_config(network_config))
+        self.denoiser = instantiate_from_config(denoiser_config)
+        self.sampler = instantiate_from_config(sampler_config) if sampler_config is not None else None
+        self.conditioner = instantiate_from_config(conditioner_config)
+        self.first_stage_model = instantiate_from_config(first_stage_config).eval().requires_grad_(False)
+        self.loss_fn = instantiate_from_config(loss_fn_config) if loss_fn_config is not None else None
+        self.optimizer_config = optimizer_config or DEFAULT_OPTIMIZER
+        self.input_key = input_key
+        self.scale_factor = scale_factor
+        self.disable_first_stage_autocast = disable_first_stage_autocast
+        self.chunk_size = en_and_decode_n_samples_a_time
+        self.num_samples = num_samples
+        self.trained_param_keys = list(trained_param_keys)
+        self.log_keys = [log_keys] if isinstance(log_keys, str) else list(log_keys or ())
+        self.learning_rate = 1.0e-5  # set by the trainer from base_learning_rate and the batch layout
+        self._freeze_untrained_unet_parameters()
+        if ckpt_path is not None:
+            load_checkpoint(self, ckpt_path, allow_missing=ckpt_allow_missing)
+
+    # ------------------------------------------------------------------ parameters
+    def _freeze_untrained_unet_parameters(self) -> None:
+        chosen = {id(p) for _, p in select_parameters(self.model.named_parameters(), self.trained_param_keys)}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in chosen)
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """UNet parameters selected by ``trained_param_keys`` plus trainable embedders'."""
+        params = [p for _, p in select_parameters(self.model.named_parameters(), self.trained_param_keys)]
+        for embedder in self.conditioner.embedders:
+            if embedder.is_trainable:
+                params.extend(embedder.parameters())
+        return params
+
+    def train(self, mode: bool = True) -> "DiffusionEngine":
+        super().train(mode)
+        self.first_stage_model.eval()  # the autoencoder is frozen
+        return self
+
+    # ------------------------------------------------------------------ autoencoder
+    def _vae_context(self, device: torch.device):
+        if self.disable_first_stage_autocast:
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _vae_dtype(self) -> torch.dtype:
+        return next(self.first_stage_model.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_first_stage(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled posterior samples (N, 4, H/8, W/8) of frames (N, 3, H, W) in [-1, 1]."""
+        chunk = self.chunk_size or frames.shape[0]
+        with self._vae_context(frames.device):
+            latents = [self.first_stage_model.encode(part.to(self._vae_dtype()), generator=generator)
+                       for part in frames.split(chunk)]
+        return torch.cat(latents) * self.scale_factor
+
+    @torch.no_grad()
+    def decode_first_stage(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, H, W), roughly in [-1, 1], from scaled latents (N, 4, h, w)."""
+        chunk = self.chunk_size or latents.shape[0]
+        latents = latents / self.scale_factor
+        with self._vae_context(latents.device):
+            frames = [self.first_stage_model.decode(part.to(self._vae_dtype())) for part in latents.split(chunk)]
+        return torch.cat(frames)
+
+    # ------------------------------------------------------------------ conditioning
+    def add_custom_cond(self, batch: dict, infer: bool, generator: torch.Generator | None = None) -> dict:
+        """Derive the conditioning inputs (e.g. condition frames) from the batch; identity here."""
+        return batch
+
+    def denoiser_fn(self, num_frames: int, image_only_indicator: torch.Tensor | None = None):
+        """``denoiser(x, sigma, cond)`` over this engine's UNet, for the samplers.
+
+        ``image_only_indicator`` None lets the UNet use zeros (every frame is a video frame).
+        """
+        def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+            return self.denoiser(
+                self.model, x, sigma, cond, num_video_frames=num_frames, image_only_indicator=image_only_indicator
+            )
+        return denoise
+
+    # ------------------------------------------------------------------ training
+    def shared_step(self, batch: dict) -> torch.Tensor:
+        if self.loss_fn is None:
+            raise RuntimeError("this model was built without loss_fn_config: it cannot be trained")
+        batch = self.add_custom_cond(batch, infer=False)
+        x0 = self.encode_first_stage(video_to_frames(batch[self.input_key]))
+        cond = self.conditioner(batch)
+        return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.shared_step(batch)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[self.input_key].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        node = dict(self.optimizer_config)
+        params = dict(node.get("params") or {})
+        params["lr"] = self.learning_rate
+        node["params"] = params
+        return instantiate_from_config(node, params=self.trained_parameters())
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: dict,
+        uc: dict,
+        noise: torch.Tensor,
+        num_frames: int,
+        num_steps: int | None = None,
+        callback=None,
+    ) -> torch.Tensor:
+        """Guided samples (B*T, C, h, w) from unit noise of the same shape."""
+        if self.sampler is None:
+            raise RuntimeError("this model was built without sampler_config: it cannot sample")
+        return self.sampler(self.denoiser_fn(num_frames), noise, cond, uc,
+                            num_steps=num_steps, callback=callback)

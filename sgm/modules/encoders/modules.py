@@ -1,0 +1,16 @@
+"""Public names of the conditioning embedders, at the class paths the official configs use.
+
+Each embedder family lives in its own module; this file only re-exports them so that
+``sgm.modules.encoders.modules.<Name>`` resolves.
+"""
+from .base import AbstractEmbModel
+from .condition_latent import VideoPredictionEmbedderWithEncoder
+from .conditioner import GeneralConditioner
+from .timestep import ConcatTimestepEmbedderND
+
+__all__ = [
+    "AbstractEmbModel",
+    "ConcatTimestepEmbedderND",
+    "GeneralConditioner",
+    "VideoPredictionEmbedderWithEncoder",
+]
