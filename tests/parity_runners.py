@@ -10,6 +10,7 @@ import re
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from sgm.models.autoencoder import AutoencoderKL
 from sgm.modules.diffusionmodules.denoiser import Denoiser
@@ -21,7 +22,10 @@ from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
 from sgm.modules.diffusionmodules.util import timestep_embedding
 from sgm.modules.diffusionmodules.video_model import VideoUNet
 from sgm.modules.diffusionmodules.wrappers import OpenAIWrapper
+from sgm.modules.encoders.aesthetic import AesEmbedder
 from sgm.modules.encoders.conditioner import GeneralConditioner
+from sgm.modules.encoders.depth import DepthEmbedder
+from sgm.modules.encoders.image_ops import antialiased_resize, clip_normalize
 
 Tensors = dict[str, torch.Tensor]
 Loader = Callable[[str], Tensors]
@@ -189,6 +193,39 @@ def run_conditioner(config: dict, t: Tensors, load: Loader, cases: dict) -> Tens
     return {**{f"c.{k}": v for k, v in c.items()}, **{f"uc.{k}": v for k, v in uc.items()}}
 
 
+def run_clip_preprocess(config: dict, t: Tensors, load: Loader, cases: dict) -> Tensors:
+    size = tuple(t["out.pixels"].shape[-2:])  # the ViT input size (224 for ViT-H/14)
+    return {"pixels": clip_normalize((antialiased_resize(t["in.image"], size) + 1.0) / 2.0)}
+
+
+class PooledPixelFeatures(torch.nn.Module):
+    """The aesthetic case's stand-in for CLIP ViT-L/14: adaptive_avg_pool2d(pixels, 16).flatten(1) + 0.1."""
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(pixels, 16).flatten(1) + 0.1
+
+
+class MeanDepth(torch.nn.Module):
+    """The depth case's stand-in for MiDaS: depth(y) = y.mean(dim=1) + 1.5."""
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.mean(dim=1) + 1.5
+
+
+def run_aesthetic_embedder(config: dict, t: Tensors, load: Loader, cases: dict) -> Tensors:
+    embedder = AesEmbedder(version=None, mlp_version=None, image_encoder=PooledPixelFeatures(), mlp_in=config["mlp_in"])
+    embedder.aesthetic_mlp.load_state_dict(group(t, "w.aesthetic_mlp."), strict=True)
+    with torch.no_grad():
+        return {"vector": embedder(t["in.video"])}
+
+
+def run_depth_embedder(config: dict, t: Tensors, load: Loader, cases: dict) -> Tensors:
+    embedder = DepthEmbedder(version=None, depth_model=MeanDepth(), shuffle_size=config["shuffle_size"],
+                             scale_factor=config["scale_factor"])
+    with torch.no_grad():
+        return {"concat": embedder(t["in.frames"])}
+
+
 RUNNERS: dict[str, Callable[..., Tensors]] = {
     "unet_stage1": run_unet,
     "unet_stage2": run_unet,
@@ -199,4 +236,7 @@ RUNNERS: dict[str, Callable[..., Tensors]] = {
     "stage2_refine": run_stage2_refine,
     "diffusion_loss": run_diffusion_loss,
     "conditioner": run_conditioner,
+    "clip_preprocess": run_clip_preprocess,
+    "aesthetic_embedder": run_aesthetic_embedder,
+    "depth_embedder": run_depth_embedder,
 }
