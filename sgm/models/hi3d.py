@@ -51,6 +51,7 @@ class Hi3DVideoLDM(DiffusionEngine):
     """Shared conditioning of the two stages; subclasses choose the condition frames.
 
     Args:
+        resolution: square frame size in pixels (stage 1: 512, stage 2: 1024).
         inference_cond_aug: condition-noise level at inference (official 0.02).
         cond_aug_log_mean, cond_aug_log_std: log-normal condition noise in training (-3, 0.5).
         **kwargs: :class:`~sgm.models.diffusion.DiffusionEngine` arguments.
@@ -59,12 +60,14 @@ class Hi3DVideoLDM(DiffusionEngine):
     def __init__(
         self,
         *args,
+        resolution: int | None = None,
         inference_cond_aug: float = 0.02,
         cond_aug_log_mean: float = -3.0,
         cond_aug_log_std: float = 0.5,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.resolution = resolution if resolution is not None else self.default_resolution
         self.inference_cond_aug = inference_cond_aug
         self.cond_aug_log_mean = cond_aug_log_mean
         self.cond_aug_log_std = cond_aug_log_std
@@ -97,6 +100,8 @@ class Hi3DVideoLDM(DiffusionEngine):
 class Stage1VideoLDM(Hi3DVideoLDM):
     """Stage 1 (orbit generator): conditioned on the noised input view (frame 0) only."""
 
+    default_resolution = 512
+
     def condition_frames(self, batch: dict, infer: bool, generator: torch.Generator | None) -> torch.Tensor:
         return batch["video"][:, :, 0]
 
@@ -109,6 +114,8 @@ class Stage2VideoLDM(Hi3DVideoLDM):
             (B*T, 3, H, W)`` in [-1, 1] applied to the condition frames in training
             (Real-ESRGAN-style, see :mod:`sgm.data.degradations`). None: no degradation.
     """
+
+    default_resolution = 1024
 
     def __init__(self, *args, degradation_config: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)

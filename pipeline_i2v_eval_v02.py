@@ -1,0 +1,37 @@
+"""Hi3D stage 2: refine the stage-1 orbit in --output_dir to 1024x1024.
+
+Reads OUT/temp_image/white.png and OUT/first_step/first.mp4 written by stage 1.
+
+    python pipeline_i2v_eval_v02.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
+"""
+from __future__ import annotations
+
+import argparse
+
+from sgm.cli import DEMO_NOTICE, add_sampling_args, run_main
+from sgm.pipelines.hi3d import Hi3DPipeline
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--denoise_config", default="configs/inference-v02.yaml", help="stage-2 model config")
+    parser.add_argument("--denoise_checkpoint", default=None,
+                        help="stage-2 weights (default: the config's 'checkpoint', ckpts/second_stage.pt)")
+    add_sampling_args(parser, image_required=False)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    pipe = Hi3DPipeline.from_configs(None, args.denoise_config, stage2_checkpoint=args.denoise_checkpoint,
+                                     device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg)
+    if pipe.is_untrained("refine"):
+        print(DEMO_NOTICE)
+    result = pipe.run_refine(args.output_dir, elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,
+                             min_cfg=args.min_cfg, max_cfg=args.max_cfg, overwrite=args.overwrite)
+    print(f"stage 2 done: {result.video} ({len(result.views)} views in {result.views[0].parent}, "
+          f"masks in {result.extra['masks']})")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,48 @@
+"""Shared pieces of the inference command lines: common flags and error reporting.
+
+The scripts (``pipeline_i2v_eval_v01.py``, ``pipeline_i2v_eval_v02.py``, ``scripts/run_hi3d.py``)
+are thin: they parse flags and call :class:`~sgm.pipelines.hi3d.Hi3DPipeline`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from .checkpoint import CheckpointError
+from .pipelines.errors import UsageError
+from .pipelines.loading import DeviceError
+from .pipelines.outputs import OutputExistsError
+from .util import ConfigError
+
+# Errors a user can cause and fix: reported in one line, exit code 2. Anything else is a bug: traceback.
+USER_ERRORS = (FileNotFoundError, OutputExistsError, UsageError, CheckpointError, ConfigError, DeviceError)
+DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
+               "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = True) -> None:
+    """Flags shared by both stages (stage 2 accepts --image_path but reads the stage-1 outputs)."""
+    parser.add_argument("--image_path", required=image_required,
+                        help="input image (RGBA, or RGB: background removed with rembg if installed)")
+    parser.add_argument("--output_dir", required=True, help="folder for this image's results")
+    parser.add_argument("--elevation", type=float, default=0.0, help="camera elevation of the input view, in degrees (training used -10..40)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same output")
+    parser.add_argument("--num_steps", type=int, default=None, help="sampling steps (default: the config's, 25)")
+    parser.add_argument("--min_cfg", type=float, default=None, help="guidance scale of frame 0 (default: the config's, 1.0)")
+    parser.add_argument("--max_cfg", type=float, default=None, help="guidance scale of the last frame (default: the config's)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
+    parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run ``main`` with logging set up; user errors print one line and exit with code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

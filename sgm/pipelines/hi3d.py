@@ -1,0 +1,212 @@
+"""The Python API of Hi3D: one object owning both stage models, reused across calls.
+
+Example::
+
+    from sgm.pipelines import Hi3DPipeline
+    pipe = Hi3DPipeline.from_configs("configs/inference-v01.yaml", "configs/inference-v02.yaml")
+    result = pipe("demo/robot.png", "outputs/robot", elevation_deg=10, seed=0)
+    print(result.second_video)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import UsageError
+from .images import (
+    composite_on_white,
+    contact_sheet,
+    foreground_masks,
+    pixels_to_tensor,
+    read_image,
+    remove_background,
+    resize_and_center_crop,
+    resize_bilinear,
+    tensor_to_pixels,
+)
+from .loading import ModelSpec, load_stage_model, resolve_device, resolve_dtype
+from .outputs import OutputLayout
+from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input_frames
+from .video_io import read_mp4, write_mp4, write_views
+
+log = logging.getLogger(__name__)
+StepCallback = Callable[[int, int], None]
+STAGES = ("orbit", "refine")
+
+
+@dataclass
+class StageResult:
+    """What one stage wrote: the video, the per-view PNGs and the views themselves (uint8 (T, H, W, 3))."""
+
+    video: Path
+    views: list[Path]
+    pixels: np.ndarray
+    extra: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class Hi3DResult:
+    output_dir: Path
+    orbit: StageResult | None = None
+    refined: StageResult | None = None
+
+
+class Hi3DPipeline:
+    """Image -> 16-view orbit (stage 1) -> refined orbit (stage 2).
+
+    Args:
+        stage1, stage2: where each stage model comes from (None: that stage is unavailable).
+        device: "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16".
+        use_rembg: remove the background of RGB inputs with rembg when it is installed.
+
+    Models are built on first use and kept for later calls.
+    """
+
+    def __init__(
+        self,
+        stage1: ModelSpec | None,
+        stage2: ModelSpec | None = None,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        use_rembg: bool = True,
+    ):
+        self.specs = {"orbit": stage1, "refine": stage2}
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.use_rembg = use_rembg
+        self._models: dict[str, torch.nn.Module] = {}
+        self.checkpoints: dict[str, Path | None] = {}
+
+    @classmethod
+    def from_configs(
+        cls,
+        stage1_config: str | Path | None,
+        stage2_config: str | Path | None = None,
+        stage1_checkpoint: str | Path | None = None,
+        stage2_checkpoint: str | Path | None = None,
+        **kwargs,
+    ) -> "Hi3DPipeline":
+        """Pipeline from config paths; checkpoints default to each config's ``checkpoint`` entry."""
+        def spec(config, checkpoint):
+            if config is None:
+                return None
+            return ModelSpec(Path(config), Path(checkpoint) if checkpoint is not None else None)
+        return cls(spec(stage1_config, stage1_checkpoint), spec(stage2_config, stage2_checkpoint), **kwargs)
+
+    def model(self, stage: str) -> torch.nn.Module:
+        """The model of ``stage`` ("orbit" or "refine"), built once."""
+        if stage not in self._models:
+            spec = self.specs.get(stage)
+            if spec is None:
+                raise ValueError(f"this pipeline was built without a model for stage {stage!r}")
+            self._models[stage], self.checkpoints[stage] = load_stage_model(spec, self.device, self.dtype)
+        return self._models[stage]
+
+    def is_untrained(self, stage: str) -> bool:
+        """Whether the model of ``stage`` was built with random weights (no checkpoint)."""
+        self.model(stage)
+        return self.checkpoints[stage] is None
+
+    def _generator(self, seed: int) -> torch.Generator:
+        torch.manual_seed(seed)  # anything outside our explicit generator is seeded too
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def prepare_input(self, image: str | Path | Image.Image, layout: OutputLayout) -> np.ndarray:
+        """Save ``rgba.png`` and ``white.png`` and return the white-composited RGB pixels (H, W, 3)."""
+        if not isinstance(image, Image.Image):
+            image = read_image(image)
+        rgba = remove_background(image, self.use_rembg)
+        white = composite_on_white(rgba)
+        layout.rgba.parent.mkdir(parents=True, exist_ok=True)
+        rgba.save(layout.rgba)
+        white.save(layout.white)
+        return np.asarray(white)
+
+    def run_orbit(
+        self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
+        num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
+        overwrite: bool = False, callback: StepCallback | None = None,
+    ) -> StageResult:
+        """Stage 1: write the input images, the orbit video, its views and a contact sheet."""
+        layout = OutputLayout(Path(output_dir))
+        layout.ensure_writable(1, overwrite)
+        check_steps(num_steps)
+        model = self.model("orbit")
+        size = model_resolution(model)
+        white = self.prepare_input(image, layout)
+        frame = pixels_to_tensor(resize_and_center_crop(white, size))
+        with guidance_range(model, min_cfg, max_cfg):
+            frames = generate_orbit(model, frame, elevation_deg, self._generator(seed), num_steps, callback)
+        pixels = tensor_to_pixels(frames)
+        write_mp4(pixels, layout.first_video)
+        views = write_views(pixels, layout.first_views)
+        Image.fromarray(contact_sheet(pixels)).save(layout.first_sheet)
+        return StageResult(layout.first_video, views, pixels, {"contact_sheet": layout.first_sheet,
+                                                               "white": layout.white, "rgba": layout.rgba})
+
+    def run_refine(
+        self, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
+        num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
+        overwrite: bool = False, callback: StepCallback | None = None,
+    ) -> StageResult:
+        """Stage 2: read ``white.png`` and ``first.mp4`` from ``output_dir``, write the refined orbit."""
+        layout = OutputLayout(Path(output_dir))
+        layout.require_stage1()
+        layout.ensure_writable(2, overwrite)
+        check_steps(num_steps)
+        model = self.model("refine")
+        size = model_resolution(model)
+        video = read_mp4(layout.first_video)
+        white = np.asarray(read_image(layout.white).convert("RGB"))
+        views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
+        frames = pixels_to_tensor(resize_bilinear(views, size, size))
+        with guidance_range(model, min_cfg, max_cfg):
+            refined = refine_orbit(model, frames, elevation_deg, self._generator(seed), num_steps, callback=callback)
+        pixels = tensor_to_pixels(refined)
+        write_mp4(pixels, layout.second_video)
+        paths = write_views(pixels, layout.second_views)
+        masks = foreground_masks(pixels).astype(np.uint8) * 255
+        layout.second_masks.mkdir(parents=True, exist_ok=True)
+        for index, mask in enumerate(masks):
+            Image.fromarray(mask).save(layout.second_masks / f"mask_{index:02d}.png")
+        Image.fromarray(contact_sheet(pixels)).save(layout.second_sheet)
+        return StageResult(layout.second_video, paths, pixels, {"contact_sheet": layout.second_sheet,
+                                                                "masks": layout.second_masks})
+
+    def __call__(
+        self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
+        num_steps: int | None = None, stages: tuple[str, ...] = STAGES, overwrite: bool = False,
+        callback: StepCallback | None = None,
+    ) -> Hi3DResult:
+        """Run the requested stages in order on one image."""
+        unknown = set(stages) - set(STAGES)
+        if unknown:
+            raise UsageError(f"unknown stages {sorted(unknown)}: choose from {STAGES}")
+        result = Hi3DResult(Path(output_dir))
+        common = dict(elevation_deg=elevation_deg, seed=seed, num_steps=num_steps, overwrite=overwrite,
+                      callback=callback)
+        if "orbit" in stages:
+            result.orbit = self.run_orbit(image, output_dir, **common)
+        if "refine" in stages:
+            result.refined = self.run_refine(output_dir, **common)
+        return result
+
+
+def check_steps(num_steps: int | None) -> None:
+    if num_steps is not None and num_steps < 1:
+        raise UsageError(f"num_steps must be >= 1, got {num_steps}")
+
+
+def model_resolution(model) -> int:
+    """Pixel resolution a stage model works at, from its config (``resolution`` attribute)."""
+    resolution = getattr(model, "resolution", None)
+    if resolution is None:
+        raise AttributeError(f"{type(model).__name__} has no 'resolution' (pixel size of its frames)")
+    return int(resolution)

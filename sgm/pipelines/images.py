@@ -1,0 +1,131 @@
+"""Image handling of the inference pipelines: reading, background, resizing, conversions.
+
+Conventions: images on disk are 8-bit; model frames are float tensors in [-1, 1] laid out
+(3, H, W) or (T, 3, H, W); pixel arrays are uint8 numpy (H, W, 3) or (T, H, W, 3).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+# A pixel whose R, G and B all exceed this is background (white) in the stage-2 masks.
+WHITE_THRESHOLD = 220
+
+
+class InputImageError(UsageError):
+    """The input image is missing, unreadable or unusable."""
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file fully (RGBA kept, palette/greyscale converted to RGB/RGBA)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"input image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputImageError(f"cannot read {path} as an image ({err})") from err
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def rembg_available() -> bool:
+    """Whether the optional ``rembg`` package can be imported."""
+    return importlib.util.find_spec("rembg") is not None
+
+
+def remove_background(image: Image.Image, use_rembg: bool = True) -> Image.Image:
+    """RGBA version of ``image``.
+
+    RGBA input is returned as is. RGB input goes through rembg when it is installed and
+    ``use_rembg`` is true; otherwise (or if rembg fails, e.g. its model file is not present
+    locally and cannot be downloaded) it is used as is, fully opaque, with a warning.
+    """
+    if image.mode == "RGBA":
+        return image
+    if use_rembg and rembg_available():
+        try:
+            import rembg
+
+            return rembg.remove(image).convert("RGBA")
+        except Exception as err:  # rembg downloads its model on first use; offline that fails
+            log.warning("rembg could not remove the background (%s); using the image as is", err)
+    elif use_rembg:
+        log.warning("RGB input and rembg is not installed: using the image as is (pip install rembg, "
+                    "or pass an RGBA image with the object cut out)")
+    return image.convert("RGBA")
+
+
+def composite_on_white(rgba: Image.Image) -> Image.Image:
+    """RGB image of ``rgba`` alpha-composited over a white background."""
+    white = Image.new("RGB", rgba.size, (255, 255, 255))
+    white.paste(rgba, mask=rgba.getchannel("A"))
+    return white
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) or (T, H, W, 3) -> float32 (3, H, W) or (T, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
+    x = x.movedim(-1, -3)
+    return x * 2.0 - 1.0
+
+
+def tensor_to_pixels(frames: torch.Tensor) -> np.ndarray:
+    """float (T, 3, H, W) in [-1, 1] -> uint8 (T, H, W, 3), truncating ``255 * x`` as the official code does."""
+    x = ((frames.detach().float().cpu() + 1.0) * 0.5).clamp(0.0, 1.0)
+    return (x * 255.0).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of uint8 (H, W, 3) or (T, H, W, 3) with half-pixel centres, no antialiasing.
+
+    This is the sampling of OpenCV's default ``INTER_LINEAR`` that the official pipelines use
+    (results can differ from OpenCV by one grey level through rounding).
+    """
+    batched = pixels.ndim == 4
+    x = torch.tensor(pixels if batched else pixels[None], dtype=torch.float32).permute(0, 3, 1, 2)
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    out = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out if batched else out[0]
+
+
+def resize_and_center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Scale uint8 (H, W, 3) so its shorter side is ``size`` (sides rounded up), then centre-crop to size x size.
+
+    Crop offsets use Python's ``round`` (halves to even), as the official stage-1 script does.
+    """
+    height, width = pixels.shape[:2]
+    rate = max(size / height, size / width)
+    new_h, new_w = math.ceil(height * rate), math.ceil(width * rate)
+    resized = resize_bilinear(pixels, new_h, new_w)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    return resized[top:top + size, left:left + size]
+
+
+def foreground_masks(pixels: np.ndarray) -> np.ndarray:
+    """bool (..., H, W): False where R, G and B all exceed :data:`WHITE_THRESHOLD` (background)."""
+    return ~np.all(pixels > WHITE_THRESHOLD, axis=-1)
+
+
+def contact_sheet(pixels: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Tile uint8 (T, H, W, 3) views into one image, row-major, padding with white."""
+    count, height, width, channels = pixels.shape
+    rows = math.ceil(count / columns)
+    sheet = np.full((rows * height, columns * width, channels), 255, dtype=np.uint8)
+    for index, view in enumerate(pixels):
+        r, c = divmod(index, columns)
+        sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = view
+    return sheet

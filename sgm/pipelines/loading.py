@@ -1,0 +1,96 @@
+"""Choosing the device and dtype, and building a stage model from its config and checkpoint.
+
+The one place where a device string becomes a ``torch.device``: nothing else in the
+package names ``cuda``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..config import build_model, load_config
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+README_CHECKPOINTS = "README.md, section 'Checkpoints' (ckpts/README.md lists every file)"
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``None``/``"auto"`` -> cuda when present, else cpu; an explicit cuda request without CUDA is an error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {name} requested but CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` -> float16 on cuda (as the official scripts run), float32 on cpu."""
+    if name in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UsageError(f"unknown dtype {name!r}: choose one of {sorted(DTYPES)}") from None
+
+
+@dataclass
+class ModelSpec:
+    """Where a stage model comes from.
+
+    Attributes:
+        config: YAML path.
+        checkpoint: weights file; None uses the config's ``checkpoint`` entry, and a config
+            whose ``checkpoint`` is null builds untrained random weights (demo configs).
+    """
+
+    config: Path
+    checkpoint: Path | None = None
+
+
+def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    """Build the model of ``spec.config``, load its checkpoint strictly, move it to ``device``/``dtype``.
+
+    Returns:
+        (model in eval mode, checkpoint path or None when the weights are random).
+
+    Raises:
+        FileNotFoundError: the config or the checkpoint is missing (named, with the README section).
+        CheckpointError: the checkpoint does not fit the config's architecture.
+    """
+    config = load_config(spec.config)
+    checkpoint = spec.checkpoint if spec.checkpoint is not None else config.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS})")
+    model = build_model(config)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    else:
+        log.warning("%s names no checkpoint: the model has UNTRAINED random weights and will output noise",
+                    spec.config)
+    return model.to(device=device, dtype=dtype).eval(), checkpoint
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a model's parameters."""
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """Autocast to ``dtype`` on ``device`` for half-precision models; a no-op context for float32."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)

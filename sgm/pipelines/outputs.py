@@ -1,0 +1,89 @@
+"""The output folder of one image, in the official layout plus per-view files.
+
+::
+
+    OUT/temp_image/rgba.png            input with background removed
+    OUT/temp_image/white.png           input composited on white (stage-2 frame 0)
+    OUT/first_step/first.mp4           stage-1 orbit, 8 fps
+    OUT/first_step/views/view_XX.png   stage-1 views
+    OUT/first_step/contact_sheet.png
+    OUT/second_step_video/second.mp4   stage-2 refined orbit, 8 fps
+    OUT/second_step_video/views/view_XX.png
+    OUT/second_step_video/masks/mask_XX.png   foreground masks of the refined views
+    OUT/second_step_video/contact_sheet.png
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder already holds results of the stage about to run."""
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: Path
+
+    @property
+    def rgba(self) -> Path:
+        return self.root / "temp_image" / "rgba.png"
+
+    @property
+    def white(self) -> Path:
+        return self.root / "temp_image" / "white.png"
+
+    @property
+    def first_video(self) -> Path:
+        return self.root / "first_step" / "first.mp4"
+
+    @property
+    def first_views(self) -> Path:
+        return self.root / "first_step" / "views"
+
+    @property
+    def first_sheet(self) -> Path:
+        return self.root / "first_step" / "contact_sheet.png"
+
+    @property
+    def second_video(self) -> Path:
+        return self.root / "second_step_video" / "second.mp4"
+
+    @property
+    def second_views(self) -> Path:
+        return self.root / "second_step_video" / "views"
+
+    @property
+    def second_masks(self) -> Path:
+        return self.root / "second_step_video" / "masks"
+
+    @property
+    def second_sheet(self) -> Path:
+        return self.root / "second_step_video" / "contact_sheet.png"
+
+    def stage_outputs(self, stage: int) -> list[Path]:
+        """Files and folders that stage 1 or 2 writes."""
+        if stage == 1:
+            return [self.rgba, self.white, self.first_video, self.first_views, self.first_sheet]
+        if stage == 2:
+            return [self.second_video, self.second_views, self.second_masks, self.second_sheet]
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+    def ensure_writable(self, stage: int, overwrite: bool) -> None:
+        """Refuse to overwrite earlier results of ``stage`` unless ``overwrite``."""
+        existing = [p for p in self.stage_outputs(stage) if p.exists()]
+        if existing and not overwrite:
+            raise OutputExistsError(
+                f"{self.root} already holds stage-{stage} results ({existing[0]}); "
+                "choose another --output_dir or pass --overwrite"
+            )
+
+    def require_stage1(self) -> None:
+        """Stage 2 reads stage 1's white.png and first.mp4: fail clearly if they are absent."""
+        missing = [p for p in (self.white, self.first_video) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"stage 2 needs the stage-1 outputs in {self.root}, missing: {', '.join(map(str, missing))} "
+                "(run pipeline_i2v_eval_v01.py with the same --output_dir first)"
+            )

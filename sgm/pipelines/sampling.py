@@ -1,0 +1,136 @@
+"""Stage 1 and stage 2 of Hi3D as functions of tensors: no files, no command line.
+
+Every random draw comes from one ``torch.Generator`` seeded by the caller, in the order of
+the official scripts (initial noise, then VAE posterior samples, then condition noise), so
+a seed fixes the output.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..modules.diffusionmodules.guiders import LinearPredictionGuider
+from ..modules.diffusionmodules.refinement import refine_latents
+from .errors import UsageError
+from .images import foreground_masks
+from .loading import autocast_for, model_device_dtype
+
+StepCallback = Callable[[int, int], None]
+# Both stages' unconditional batch zeroes every embedder that reads the input frames.
+UNCONDITIONAL_KEYS = ("cond_frames", "cond_frames_without_noise")
+LATENT_CHANNELS = 4
+LATENT_DOWNSCALE = 8
+
+
+@contextlib.contextmanager
+def guidance_range(model, min_scale: float | None, max_scale: float | None):
+    """Temporarily replace the per-frame guidance range of ``model.sampler`` (None keeps the config's)."""
+    guider = model.sampler.guider
+    if min_scale is None and max_scale is None:
+        yield
+        return
+    if not isinstance(guider, LinearPredictionGuider):
+        raise TypeError(f"expected a LinearPredictionGuider in the sampler config, found {type(guider).__name__}")
+    low = float(guider.frame_scales[0]) if min_scale is None else min_scale
+    high = float(guider.frame_scales[-1]) if max_scale is None else max_scale
+    model.sampler.guider = LinearPredictionGuider(max_scale=high, num_frames=guider.num_frames, min_scale=low)
+    try:
+        yield
+    finally:
+        model.sampler.guider = guider
+
+
+def _conditioning(model, batch: dict, generator: torch.Generator):
+    batch = model.add_custom_cond(batch, infer=True, generator=generator)
+    return model.conditioner.get_unconditional_conditioning(batch, UNCONDITIONAL_KEYS)
+
+
+def _latent_shape(num_frames: int, height: int, width: int) -> tuple[int, ...]:
+    return (num_frames, LATENT_CHANNELS, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE)
+
+
+@torch.no_grad()
+def generate_orbit(
+    model,
+    image: torch.Tensor,
+    elevation_deg: float,
+    generator: torch.Generator,
+    num_steps: int | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Stage 1: one view -> an orbit of T views.
+
+    Args:
+        model: a :class:`~sgm.models.hi3d.Stage1VideoLDM`.
+        image: (3, H, W) in [-1, 1], the input view on white.
+        elevation_deg: camera elevation of the input view, in degrees.
+        generator: RNG on the model's device.
+
+    Returns:
+        (T, 3, H, W) float32 frames in about [-1, 1]; frame 0 is the input azimuth.
+    """
+    device, dtype = model_device_dtype(model)
+    frames = model.num_samples
+    _, height, width = image.shape
+    video = image.to(device)[None, :, None].expand(1, 3, frames, height, width)
+    batch = {"video": video, "elevation": torch.tensor([elevation_deg], device=device)}
+    with autocast_for(device, dtype):
+        cond, uncond = _conditioning(model, batch, generator)
+        noise = torch.randn(_latent_shape(frames, height, width), generator=generator, device=device)
+        latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=callback)
+    return model.decode_first_stage(latents).float()
+
+
+def stage2_input_frames(first_video: np.ndarray, input_view: np.ndarray, num_frames: int) -> np.ndarray:
+    """The stage-2 input views: the last ``num_frames`` of the stage-1 video with frame 0
+    replaced by the input view (uint8 (H, W, 3), same size as the video frames)."""
+    if first_video.shape[0] < num_frames:
+        raise UsageError(f"the stage-1 video has {first_video.shape[0]} frames, stage 2 needs at least {num_frames}")
+    frames = first_video[-num_frames:].copy()
+    frames[0] = input_view
+    return frames
+
+
+@torch.no_grad()
+def refine_orbit(
+    model,
+    frames: torch.Tensor,
+    elevation_deg: float,
+    generator: torch.Generator,
+    num_steps: int | None = None,
+    alpha_power: float = 40.0,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Stage 2: refine an orbit of T views at the model resolution.
+
+    Args:
+        model: a :class:`~sgm.models.hi3d.Stage2VideoLDM`.
+        frames: (T, 3, H, W) in [-1, 1]; frame 0 is the input view.
+        elevation_deg: camera elevation, degrees.
+        generator: RNG on the model's device.
+        alpha_power: exponent of the blending schedule toward the input latents.
+
+    Returns:
+        (T, 3, H, W) float32 refined frames in about [-1, 1].
+    """
+    device, dtype = model_device_dtype(model)
+    num_frames, _, height, width = frames.shape
+    if num_frames != model.num_samples:
+        raise UsageError(f"got {num_frames} frames, the stage-2 model expects {model.num_samples}")
+    frames = frames.to(device)
+    noise = torch.randn(_latent_shape(num_frames, height, width), generator=generator, device=device)
+    z_input = model.encode_first_stage(frames, generator=generator).float()
+    pixels = ((frames + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    batch = {
+        "video": frames.permute(1, 0, 2, 3)[None],
+        "elevation": torch.tensor([elevation_deg], device=device),
+        "masks": torch.from_numpy(foreground_masks(pixels)).to(device)[None],
+    }
+    with autocast_for(device, dtype):
+        cond, uncond = _conditioning(model, batch, generator)
+        latents, _ = refine_latents(model.sampler, model.denoiser_fn(num_frames), noise, z_input, cond, uncond,
+                                    num_steps=num_steps, alpha_power=alpha_power, callback=callback)
+    return model.decode_first_stage(latents).float()
