@@ -30,7 +30,7 @@ from .images import (
     resize_bilinear,
     tensor_to_pixels,
 )
-from .loading import ModelSpec, load_stage_model, resolve_device, resolve_dtype
+from .loading import ModelSpec, load_stage_model, resolve_checkpoint, resolve_device, resolve_dtype
 from .outputs import OutputLayout
 from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input_frames
 from .video_io import read_mp4, write_mp4, write_views
@@ -82,7 +82,6 @@ class Hi3DPipeline:
         self.dtype = resolve_dtype(dtype, self.device)
         self.use_rembg = use_rembg
         self._models: dict[str, torch.nn.Module] = {}
-        self.checkpoints: dict[str, Path | None] = {}
 
     @classmethod
     def from_configs(
@@ -105,14 +104,16 @@ class Hi3DPipeline:
         if stage not in self._models:
             spec = self.specs.get(stage)
             if spec is None:
-                raise ValueError(f"this pipeline was built without a model for stage {stage!r}")
-            self._models[stage], self.checkpoints[stage] = load_stage_model(spec, self.device, self.dtype)
+                raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
+            self._models[stage], _ = load_stage_model(spec, self.device, self.dtype)
         return self._models[stage]
 
     def is_untrained(self, stage: str) -> bool:
-        """Whether the model of ``stage`` was built with random weights (no checkpoint)."""
-        self.model(stage)
-        return self.checkpoints[stage] is None
+        """Whether the model of ``stage`` gets random weights (no checkpoint); reads only its config."""
+        spec = self.specs.get(stage)
+        if spec is None:
+            raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
+        return resolve_checkpoint(spec) is None
 
     def _generator(self, seed: int) -> torch.Generator:
         torch.manual_seed(seed)  # anything outside our explicit generator is seeded too

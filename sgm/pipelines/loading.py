@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+RANDOM_WEIGHTS_SEED = 0
 README_CHECKPOINTS = "README.md, section 'Checkpoints' (ckpts/README.md lists every file)"
 
 
@@ -60,6 +61,21 @@ class ModelSpec:
     checkpoint: Path | None = None
 
 
+def resolve_checkpoint(spec: ModelSpec) -> Path | None:
+    """The weights file of ``spec``: its own, else its config's ``checkpoint`` entry (None: random weights).
+
+    Raises:
+        FileNotFoundError: the named checkpoint does not exist (with the README section to read).
+    """
+    checkpoint = spec.checkpoint if spec.checkpoint is not None else load_config(spec.config).get("checkpoint")
+    if checkpoint is None:
+        return None
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS})")
+    return checkpoint
+
+
 def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     """Build the model of ``spec.config``, load its checkpoint strictly, move it to ``device``/``dtype``.
 
@@ -70,13 +86,10 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         FileNotFoundError: the config or the checkpoint is missing (named, with the README section).
         CheckpointError: the checkpoint does not fit the config's architecture.
     """
-    config = load_config(spec.config)
-    checkpoint = spec.checkpoint if spec.checkpoint is not None else config.get("checkpoint")
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS})")
-    model = build_model(config)
+    checkpoint = resolve_checkpoint(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)  # untrained (demo) weights are the same on every run
+        model = build_model(load_config(spec.config))
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     else:

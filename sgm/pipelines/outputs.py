@@ -72,6 +72,8 @@ class OutputLayout:
 
     def ensure_writable(self, stage: int, overwrite: bool) -> None:
         """Refuse to overwrite earlier results of ``stage`` unless ``overwrite``."""
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputExistsError(f"--output_dir {self.root} exists and is not a folder")
         existing = [p for p in self.stage_outputs(stage) if p.exists()]
         if existing and not overwrite:
             raise OutputExistsError(

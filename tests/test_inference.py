@@ -1,0 +1,217 @@
+"""Stage-1 and stage-2 inference end to end on the tiny demo configs, and every error path."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import ROOT
+from sgm.checkpoint import CheckpointError
+from sgm.pipelines.errors import UsageError
+from sgm.pipelines.hi3d import Hi3DPipeline
+from sgm.pipelines.images import InputImageError, read_image, remove_background, resize_and_center_crop
+from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_device
+from sgm.pipelines.outputs import OutputExistsError
+from sgm.pipelines.video_io import read_mp4, write_mp4
+
+STEPS = 2  # the flow is the same at any step count; 25 (the default) is exercised by the README demo
+SIZE1, SIZE2 = 64, 128  # the demo configs at a quarter of their pixels, to keep the suite fast
+
+
+def _smaller_demo(name: str, resolution: int, folder: Path) -> Path:
+    config = OmegaConf.load(ROOT / "configs" / name)
+    config.model.params.resolution = resolution
+    path = folder / name
+    OmegaConf.save(config, path)
+    return path
+
+
+_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="hi3d-test-configs-"))
+DEMO1 = _smaller_demo("demo-v01.yaml", SIZE1, _CONFIG_DIR)
+DEMO2 = _smaller_demo("demo-v02.yaml", SIZE2, _CONFIG_DIR)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Hi3DPipeline:
+    return Hi3DPipeline.from_configs(DEMO1, DEMO2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rgba_image(tmp_path_factory) -> Path:
+    """A non-square RGBA object (transparent background)."""
+    pixels = np.zeros((150, 190, 4), dtype=np.uint8)
+    yy, xx = np.mgrid[:150, :190]
+    inside = (yy - 75) ** 2 / 50**2 + (xx - 95) ** 2 / 70**2 < 1
+    pixels[inside] = (200, 70, 40, 255)
+    pixels[inside & (xx > 95)] = (40, 90, 210, 255)
+    path = tmp_path_factory.mktemp("inputs") / "object.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(pipe, rgba_image, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "object"
+    pipe(rgba_image, out, elevation_deg=10, seed=3, num_steps=STEPS)
+    return out
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_both_stages_write_the_official_layout(finished_run):
+    out = finished_run
+    white = Image.open(out / "temp_image" / "white.png")
+    assert white.mode == "RGB" and white.size == (190, 150)
+    assert np.all(np.asarray(white)[0, 0] == 255)  # transparent corner composited on white
+    assert Image.open(out / "temp_image" / "rgba.png").mode == "RGBA"
+    first = read_mp4(out / "first_step" / "first.mp4")
+    assert first.shape == (16, SIZE1, SIZE1, 3)
+    views = sorted((out / "first_step" / "views").glob("*.png"))
+    assert len(views) == 16 and Image.open(views[0]).size == (SIZE1, SIZE1)
+    assert Image.open(out / "first_step" / "contact_sheet.png").size == (8 * SIZE1, 2 * SIZE1)
+    second = read_mp4(out / "second_step_video" / "second.mp4")
+    assert second.shape == (16, SIZE2, SIZE2, 3)
+    refined = sorted((out / "second_step_video" / "views").glob("*.png"))
+    masks = sorted((out / "second_step_video" / "masks").glob("*.png"))
+    assert len(refined) == 16 and len(masks) == 16
+    assert Image.open(refined[5]).size == (SIZE2, SIZE2) and Image.open(masks[5]).mode == "L"
+
+
+def test_same_seed_gives_byte_identical_outputs(finished_run, rgba_image, tmp_path):
+    # a fresh pipeline (models built again) with the same seed reproduces every byte
+    again = Hi3DPipeline.from_configs(DEMO1, DEMO2, device="cpu")
+    again(rgba_image, tmp_path / "object", elevation_deg=10, seed=3, num_steps=STEPS)
+    assert digest_tree(tmp_path / "object") == digest_tree(finished_run)
+
+
+def test_other_seed_or_elevation_changes_the_orbit(pipe, finished_run, rgba_image, tmp_path):
+    reference = read_mp4(finished_run / "first_step" / "first.mp4")
+    for name, elevation, seed in (("seed", 10, 4), ("elevation", 30, 3)):
+        result = pipe.run_orbit(rgba_image, tmp_path / name, elevation_deg=elevation, seed=seed, num_steps=STEPS)
+        assert not np.array_equal(result.pixels, reference), name
+
+
+def test_existing_results_are_refused_then_overwritten_on_request(pipe, rgba_image, tmp_path):
+    out = tmp_path / "object"
+    pipe.run_orbit(rgba_image, out, seed=1, num_steps=STEPS)
+    before = digest_tree(out)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        pipe.run_orbit(rgba_image, out, seed=2, num_steps=STEPS)
+    assert digest_tree(out) == before  # nothing touched
+    pipe.run_orbit(rgba_image, out, seed=2, num_steps=STEPS, overwrite=True)
+    assert digest_tree(out) != before
+
+
+def test_stage2_before_stage1_names_the_missing_files(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="first.mp4"):
+        pipe.run_refine(tmp_path / "empty", num_steps=STEPS)
+
+
+def test_short_first_stage_video_is_refused(pipe, finished_run, tmp_path):
+    out = tmp_path / "short"
+    (out / "temp_image").mkdir(parents=True)
+    Image.open(finished_run / "temp_image" / "white.png").save(out / "temp_image" / "white.png")
+    write_mp4(read_mp4(finished_run / "first_step" / "first.mp4")[:8], out / "first_step" / "first.mp4")
+    with pytest.raises(UsageError, match="8 frames"):
+        pipe.run_refine(out, num_steps=STEPS)
+
+
+def test_bad_images_are_refused(pipe, tmp_path):
+    with pytest.raises(InputImageError, match="not found"):
+        pipe.run_orbit(tmp_path / "nothere.png", tmp_path / "a")
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    with pytest.raises(InputImageError, match="fake.png"):
+        pipe.run_orbit(fake, tmp_path / "b")
+
+
+def test_rgb_input_without_rembg_is_used_as_is_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(path)
+    with caplog.at_level(logging.WARNING):
+        rgba = remove_background(read_image(path), use_rembg=True)
+    assert rgba.mode == "RGBA" and np.all(np.asarray(rgba)[..., 3] == 255)
+    assert any("rembg" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    remove_background(read_image(path), use_rembg=False)  # an explicit --no_rembg is not warned about
+    assert not caplog.records
+
+
+def test_missing_checkpoint_names_path_and_readme(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_stage_model(ModelSpec(DEMO1, tmp_path / "first_stage.pt"), torch.device("cpu"), torch.float32)
+    assert "first_stage.pt" in str(info.value) and "README" in str(info.value)
+
+
+def test_checkpoint_of_the_other_stage_is_refused(tmp_path):
+    stage2, _ = load_stage_model(ModelSpec(DEMO2), torch.device("cpu"), torch.float32)
+    path = tmp_path / "second_stage.safetensors"
+    save_file({k: v.contiguous() for k, v in stage2.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match="input_blocks.0.0.weight"):
+        load_stage_model(ModelSpec(DEMO1, path), torch.device("cpu"), torch.float32)
+
+
+def test_checkpoint_is_loaded_when_given(tmp_path):
+    model, _ = load_stage_model(ModelSpec(DEMO1), torch.device("cpu"), torch.float32)
+    state = {k: (v + 1.0 if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / "shifted.safetensors"
+    save_file(state, str(path))
+    loaded, used = load_stage_model(ModelSpec(DEMO1, path), torch.device("cpu"), torch.float32)
+    assert used == path
+    torch.testing.assert_close(loaded.model.diffusion_model.out[2].weight, state["model.diffusion_model.out.2.weight"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
+def test_cuda_requested_but_absent():
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_resize_and_center_crop_follows_the_official_rounding():
+    pixels = np.zeros((150, 190, 3), dtype=np.uint8)
+    pixels[:, :95] = 255  # left half white
+    out = resize_and_center_crop(pixels, 128)
+    # rate = 128 / 150; width ceil(190 * 128 / 150) = 163; left offset round(35 / 2) = 18 (half to even)
+    assert out.shape == (128, 128, 3)
+    white_columns = int((out[64, :, 0] > 127).sum())
+    assert white_columns == pytest.approx(163 / 2 - 18, abs=1)
+
+
+def run_script(args, cwd=ROOT):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_errors_exit_nonzero_with_a_clear_message(finished_run, tmp_path):
+    missing = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(DEMO1), "--image_path",
+                          str(tmp_path / "none.png"), "--output_dir", str(tmp_path / "o")])
+    assert missing.returncode == 2 and "input image not found" in missing.stderr
+    existing = run_script(["pipeline_i2v_eval_v02.py", "--denoise_config", str(DEMO2), "--output_dir",
+                           str(finished_run), "--num_steps", "1"])
+    assert existing.returncode == 2 and "--overwrite" in existing.stderr
+    checkpoint = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(DEMO1), "--denoise_checkpoint",
+                             str(tmp_path / "first_stage.pt"), "--image_path", "x.png", "--output_dir", str(tmp_path / "p")])
+    assert checkpoint.returncode == 2 and "first_stage.pt" in checkpoint.stderr
+
+
+def test_one_command_runs_both_stages(rgba_image, tmp_path):
+    result = run_script(["scripts/run_hi3d.py", "--stage1_config", str(DEMO1), "--stage2_config", str(DEMO2),
+                         "--image_path", str(rgba_image), "--output_dir", str(tmp_path / "both"), "--num_steps", "1",
+                         "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stdout and "all outputs are in" in result.stdout
+    assert (tmp_path / "both" / "second_step_video" / "second.mp4").is_file()
