@@ -89,7 +89,9 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     checkpoint = resolve_checkpoint(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)  # untrained (demo) weights are the same on every run
-        model = build_model(load_config(spec.config))
+        # A released checkpoint holds every weight and is loaded strictly, so the encoders'
+        # separate pretrained files are not read (and need not be downloaded) in that case.
+        model = build_model(load_config(spec.config), random_pretrained_encoders=True if checkpoint else None)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     else:
