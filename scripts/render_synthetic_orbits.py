@@ -1,0 +1,134 @@
+"""Render procedural objects into Hi3D's orbit training layout (CPU only, no downloads).
+
+Each object gets ``OUT/<name>/`` with one RGBA PNG per view, named so that a plain string
+sort gives ring-major, azimuth-minor order (``000.png`` .. ``095.png`` for 6 rings x 16
+azimuths: ring r at sorted positions 16r .. 16r+15), plus ``cameras.json`` (convention of
+:mod:`sgm.recon.cameras`, readable with ``OrbitCameras.from_json``) and ``object.json``
+(readable with ``ObjectSpec.from_json``).
+
+Example:
+    python scripts/render_synthetic_orbits.py --out data/synthetic --num-objects 2 --resolution 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from sgm.data.synthetic_orbits import ObjectSpec, RenderSettings, random_object, render_views
+from sgm.recon.cameras import DEFAULT_ELEVATIONS_DEG, DEFAULT_NUM_AZIMUTHS, OrbitCameras, orbit_rings
+
+LOG = logging.getLogger("render_synthetic_orbits")
+OUTPUT_FILES = ("cameras.json", "object.json")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per object)")
+    parser.add_argument("--num-objects", type=int, required=True, help="how many objects to render")
+    parser.add_argument("--resolution", type=int, default=512, help="image width = height in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; object i uses a seed derived from (seed, i)")
+    parser.add_argument("--elevations", type=float, nargs="+", default=list(DEFAULT_ELEVATIONS_DEG),
+                        help="ring elevations in degrees, written in this order")
+    parser.add_argument("--azimuths", type=int, default=DEFAULT_NUM_AZIMUTHS, help="views per ring")
+    parser.add_argument("--edge-samples", type=int, default=RenderSettings.edge_samples,
+                        help="sub-pixel rays per axis on silhouette pixels (1 = no antialiasing)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the renders in existing object folders")
+    args = parser.parse_args(argv)
+    if args.num_objects < 1:
+        parser.error("--num-objects must be at least 1")
+    if args.resolution < 8:
+        parser.error("--resolution must be at least 8")
+    if args.azimuths < 1 or args.edge_samples < 1:
+        parser.error("--azimuths and --edge-samples must be at least 1")
+    if any(abs(e) >= 90 for e in args.elevations):
+        parser.error("--elevations must lie strictly between -90 and 90 degrees")
+    return args
+
+
+def object_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seed of object ``index`` under base ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def frame_names(count: int) -> list[str]:
+    """Zero-padded PNG names whose string order is the frame order."""
+    width = max(3, len(str(count - 1)))
+    return [f"{i:0{width}d}.png" for i in range(count)]
+
+
+def check_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse a non-empty object folder unless ``overwrite``.
+
+    Raises:
+        FileExistsError: naming the folder.
+    """
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} is not empty; pass --overwrite to replace its renders")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+
+
+def clear_previous_render(folder: Path) -> None:
+    """Remove an earlier run's PNGs and JSON files so no stale frame survives; other files stay."""
+    for path in [*folder.glob("*.png"), *(folder / name for name in OUTPUT_FILES)]:
+        path.unlink(missing_ok=True)
+
+
+def cameras_record(cameras: OrbitCameras, names: list[str], elevations: list[float], num_azimuths: int) -> dict:
+    """Content of cameras.json: per-frame cameras plus the ring layout and file names."""
+    return {
+        **cameras.to_json(),
+        "resolution": cameras.width,
+        "ring_elevations_deg": list(elevations),
+        "num_azimuths": num_azimuths,
+        "files": names,
+    }
+
+
+def write_object(folder: Path, spec: ObjectSpec, cameras: OrbitCameras, settings: RenderSettings,
+                 record: dict, progress: tqdm) -> None:
+    """Render every view of ``cameras`` into ``folder`` with the JSON side files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clear_previous_render(folder)
+    for name, rgba in zip(record["files"], render_views(spec, cameras, settings)):
+        pixels = (rgba.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+        Image.fromarray(pixels, mode="RGBA").save(folder / name)
+        progress.update(1)
+    (folder / "cameras.json").write_text(json.dumps(record, indent=1))
+    (folder / "object.json").write_text(json.dumps(spec.to_json(), indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = [f"synthetic_{args.seed}_{i:05d}" for i in range(args.num_objects)]
+    try:
+        for name in names:
+            check_folder(args.out / name, args.overwrite)
+    except FileExistsError as err:
+        LOG.error("%s", err)
+        return 1
+    cameras = orbit_rings(args.elevations, args.azimuths, width=args.resolution, height=args.resolution)
+    record = cameras_record(cameras, frame_names(len(cameras)), args.elevations, args.azimuths)
+    settings = RenderSettings(edge_samples=args.edge_samples)
+    start = time.perf_counter()
+    with tqdm(total=len(names) * len(cameras), unit="view", desc="rendering") as progress:
+        for index, name in enumerate(names):
+            spec = random_object(object_seed(args.seed, index), name=name)
+            write_object(args.out / name, spec, cameras, settings, record, progress)
+    elapsed = time.perf_counter() - start
+    LOG.info("wrote %d objects x %d views at %dx%d to %s in %.1f s (%.2f s per object)", len(names), len(cameras),
+             args.resolution, args.resolution, args.out, elapsed, elapsed / len(names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
