@@ -12,20 +12,20 @@ class UnitWeighting:
 
 
 class EDMWeighting:
-    """lambda = (sigma^2 + sd^2) / (sigma sd)^2, the EDM weighting for data std ``sigma_data``."""
+    """EDM weighting for data std ``sd``: lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1/sigma^2 + 1/sd^2."""
 
     def __init__(self, sigma_data: float = 0.5):
-        self.sigma_data = sigma_data
+        self.inv_data_var = 1.0 / sigma_data**2
 
     def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        return sigma.pow(-2) + self.inv_data_var
 
 
 class VWeighting(EDMWeighting):
-    """EDM weighting with sigma_data = 1: lambda = (sigma^2 + 1) / sigma^2 (v-prediction)."""
+    """The EDM weighting at sd = 1, lambda = 1 + 1/sigma^2: the weighting of v-prediction training."""
 
     def __init__(self):
-        super().__init__(sigma_data=1.0)
+        EDMWeighting.__init__(self, 1.0)
 
 
 class EpsWeighting:
