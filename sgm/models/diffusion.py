@@ -41,6 +41,14 @@ def frames_to_video(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
     return frames.reshape(n // num_frames, num_frames, c, h, w).permute(0, 2, 1, 3, 4)
 
 
+def first_clip(batch: dict) -> dict:
+    """The batch cut to its first clip: tensors with a batch dim and lists keep row 0 only."""
+    def cut(value):
+        batched = isinstance(value, list) or (isinstance(value, torch.Tensor) and value.ndim > 0)
+        return value[:1] if batched else value
+    return {key: cut(value) for key, value in batch.items()}
+
+
 class DiffusionEngine(pl.LightningModule):
     """Latent diffusion over videos, trainable with Lightning and usable for sampling.
 
@@ -185,6 +193,57 @@ class DiffusionEngine(pl.LightningModule):
         params["lr"] = self.learning_rate
         node["params"] = params
         return instantiate_from_config(node, params=self.trained_parameters())
+
+    # ------------------------------------------------------------------ logging
+    # Whether log_images conditions its samples as at inference (True) or as in training.
+    log_condition_infer = True
+
+    @torch.no_grad()
+    def log_images(
+        self,
+        batch: dict,
+        N: int = 8,
+        sample: bool = True,
+        ucg_keys: Sequence[str] | None = None,
+        num_steps: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Frames of the first clip of ``batch`` for visual monitoring, all roughly in [-1, 1].
+
+        Args:
+            N: frames shown per image grid (at most T).
+            sample: also draw a guided sample (``num_steps`` sampler steps; None = the config's).
+            ucg_keys: batch keys whose embedders are zeroed in the unconditional branch
+                (default: those of embedders with ``ucg_rate > 0``).
+
+        Returns:
+            ``inputs``, ``reconstructions`` (VAE round trip), ``conditions`` (the condition
+            frames, when the engine makes them) and ``samples``: (n, 3, H, W), n = min(N, T);
+            ``inputs_video`` and ``samples_video``: (1, 3, T, H, W).
+        """
+        first = first_clip(batch)
+        video = first[self.input_key]
+        num_frames = video.shape[2]
+        shown = min(N, num_frames)
+        frames = video_to_frames(video)
+        latents = self.encode_first_stage(frames)
+        out = {"inputs": frames[:shown], "inputs_video": video,
+               "reconstructions": self.decode_first_stage(latents)[:shown]}
+        cond_batch = self.add_custom_cond(first, infer=self.log_condition_infer)
+        if "cond_frames" in cond_batch:
+            out["conditions"] = cond_batch["cond_frames"][:shown]
+        if sample:
+            readable = {embedder.input_key for embedder in self.conditioner.embedders}
+            if ucg_keys is None:
+                ucg_keys = sorted({e.input_key for e in self.conditioner.embedders if e.ucg_rate > 0})
+            unknown = sorted(set(ucg_keys) - readable)
+            if unknown:
+                raise ValueError(f"ucg_keys {unknown} are read by no embedder (embedders read {sorted(readable)})")
+            cond, uncond = self.conditioner.get_unconditional_conditioning(cond_batch, ucg_keys)
+            samples = self.decode_first_stage(self.sample(cond, uncond, torch.randn_like(latents), num_frames,
+                                                          num_steps=num_steps))
+            out["samples"] = samples[:shown]
+            out["samples_video"] = frames_to_video(samples, num_frames)
+        return out
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

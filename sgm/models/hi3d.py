@@ -116,6 +116,7 @@ class Stage2VideoLDM(Hi3DVideoLDM):
     """
 
     default_resolution = 1024
+    log_condition_infer = False  # log samples from degraded (training-mode) condition frames
 
     def __init__(self, *args, degradation_config: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)

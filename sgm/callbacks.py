@@ -1,0 +1,160 @@
+"""Training callbacks: run-folder setup and periodic image/video logging.
+
+``ImageLogger`` is also reachable under the official name ``vtdm.callbacks.ImageLogger``
+(see :data:`sgm.util.TARGET_ALIASES`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .pipelines.video_io import write_mp4
+
+log = logging.getLogger(__name__)
+
+VIDEO_FPS = 6
+
+
+class SetupCallback(pl.Callback):
+    """Create the run folders and save the merged project config (rank 0, at setup).
+
+    Args:
+        logdir: run folder.
+        ckptdir: checkpoint folder (usually ``logdir/checkpoints``).
+        cfgdir: config folder (usually ``logdir/configs``).
+        config: the merged project config (model, data, lightning), saved as
+            ``cfgdir/<now>-project.yaml``; ``--resume`` reads these files back.
+        now: run timestamp used in the file name.
+    """
+
+    def __init__(self, logdir: str | Path, ckptdir: str | Path, cfgdir: str | Path, config: DictConfig, now: str):
+        super().__init__()
+        self.logdir, self.ckptdir, self.cfgdir = Path(logdir), Path(ckptdir), Path(cfgdir)
+        self.config = config
+        self.now = now
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        for folder in (self.logdir, self.ckptdir, self.cfgdir):
+            folder.mkdir(parents=True, exist_ok=True)
+        path = self.cfgdir / f"{self.now}-project.yaml"
+        OmegaConf.save(self.config, path)
+        log.info("project config saved to %s", path)
+
+
+def to_uint8(images: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """Float images (N, ...) -> uint8.
+
+    ``clamp``: values are clamped to [-1, 1] and mapped to [0, 255]. Otherwise each image
+    is min-max stretched to [0, 255], which shows out-of-range outputs instead of saturating them.
+    """
+    images = images.detach().float().cpu()
+    if clamp:
+        unit = (images.clamp(-1.0, 1.0) + 1.0) / 2.0
+    else:
+        flat = images.flatten(1)
+        low = flat.amin(dim=1).reshape(-1, *([1] * (images.ndim - 1)))
+        high = flat.amax(dim=1).reshape(-1, *([1] * (images.ndim - 1)))
+        unit = (images - low) / (high - low).clamp_min(1e-8)
+    return unit.mul(255.0).round().to(torch.uint8)
+
+
+def write_image_grid(images: torch.Tensor, path: Path, clamp: bool) -> None:
+    """Save (N, 3, H, W) images in [-1, 1] as one PNG grid (up to 8 per row)."""
+    grid = make_grid(to_uint8(images, clamp), nrow=min(8, images.shape[0]), padding=0)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def write_video_row(videos: torch.Tensor, path: Path, clamp: bool, fps: int = VIDEO_FPS) -> None:
+    """Save (N, 3, T, H, W) clips in [-1, 1] as one mp4, the clips side by side."""
+    frames = to_uint8(videos, clamp).permute(2, 3, 0, 4, 1)  # (T, H, N, W, 3)
+    t, h, n, w, c = frames.shape
+    write_mp4(np.ascontiguousarray(frames.reshape(t, h, n * w, c).numpy()), path, fps=fps)
+
+
+class ImageLogger(pl.Callback):
+    """Every ``batch_frequency`` batches, call ``pl_module.log_images`` and save the results.
+
+    Files go to ``<trainer.default_root_dir>/image_log/train/`` (rank 0 only): keys containing
+    ``video`` (tensors (N, 3, T, H, W)) as mp4 at 6 fps, the others ((N, 3, H, W)) as PNG
+    grids, named ``<key>_gs-<global step>_e-<epoch>_b-<batch index>``.
+
+    Args:
+        batch_frequency: log when the step index is a multiple of this.
+        max_images: at most this many images (or clips) per key.
+        clamp: clamp to [-1, 1] before converting to 8 bits (else stretch each image's range).
+        increase_log_steps: also log once at indices 1, 2, 4, ... below ``batch_frequency``.
+        log_first_step: log at index 0.
+        log_on_batch_idx: the index is the batch index within the epoch (else the global step).
+        log_images_kwargs: keyword arguments of ``log_images`` (e.g. ``N``, ``sample``, ``ucg_keys``).
+        disabled: never log.
+    """
+
+    def __init__(
+        self,
+        batch_frequency: int,
+        max_images: int = 8,
+        clamp: bool = True,
+        increase_log_steps: bool = True,
+        log_first_step: bool = False,
+        log_on_batch_idx: bool = False,
+        log_images_kwargs: dict | None = None,
+        disabled: bool = False,
+    ):
+        super().__init__()
+        if batch_frequency < 1:
+            raise ValueError(f"ImageLogger: batch_frequency must be at least 1, got {batch_frequency}")
+        self.batch_frequency = batch_frequency
+        self.max_images = max_images
+        self.clamp = clamp
+        self.log_first_step = log_first_step
+        self.log_on_batch_idx = log_on_batch_idx
+        self.log_images_kwargs = dict(log_images_kwargs or {})
+        self.disabled = disabled
+        self.early_steps = {2**k for k in range(batch_frequency.bit_length()) if 2**k < batch_frequency}
+        if not increase_log_steps:
+            self.early_steps = set()
+
+    def should_log(self, index: int) -> bool:
+        """Whether step index ``index`` is logged (early power-of-two steps only once each)."""
+        if self.disabled:
+            return False
+        if index == 0:
+            return self.log_first_step
+        if index in self.early_steps:
+            self.early_steps.discard(index)
+            return True
+        return index % self.batch_frequency == 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch: dict,
+                           batch_idx: int) -> None:
+        index = batch_idx if self.log_on_batch_idx else trainer.global_step
+        if not self.should_log(index) or not trainer.is_global_zero:
+            return
+        if not callable(getattr(pl_module, "log_images", None)):
+            raise TypeError(f"ImageLogger: {type(pl_module).__name__} has no log_images(batch, ...) method")
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                images = pl_module.log_images(batch, **self.log_images_kwargs)
+        finally:
+            pl_module.train(was_training)
+        folder = Path(trainer.default_root_dir) / "image_log" / "train"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"gs-{trainer.global_step:06}_e-{trainer.current_epoch:06}_b-{batch_idx:06}"
+        for key, tensor in images.items():
+            tensor = tensor[: self.max_images]
+            if "video" in key:
+                write_video_row(tensor, folder / f"{key}_{stem}.mp4", self.clamp)
+            else:
+                write_image_grid(tensor, folder / f"{key}_{stem}.png", self.clamp)
+        log.info("logged %s to %s (%s)", ", ".join(images), folder, stem)

@@ -1,0 +1,371 @@
+"""Training runs: the Lightning 2 Trainer from a config's ``lightning`` section, plus the run folder.
+
+A training config has ``model`` (with ``base_learning_rate``), ``data`` (a LightningDataModule
+node) and ``lightning``:
+
+- ``lightning.trainer``: keyword arguments of ``pytorch_lightning.Trainer``. The official
+  (Lightning 1.5) keys are translated, never silently dropped (:func:`translate_trainer_options`):
+  ``gpus: "0,1,"`` -> ``accelerator: gpu, devices: [0, 1]``; ``logger_refresh_rate: N`` ->
+  ``log_every_n_steps: N``; ``accelerator: ddp`` -> ``strategy: ddp``; ``precision: 16`` ->
+  ``16-mixed`` (``bf16`` -> ``bf16-mixed``, ``32`` -> ``32-true``). ``check_val_every_n_epoch`` is
+  rejected for models without a validation step. Strategies: ``auto``, ``ddp``, ``ddp_spawn``,
+  ``deepspeed_stage_2`` (needs the ``deepspeed`` package). Anything else that is not a Trainer
+  argument is an error naming the key.
+- ``lightning.callbacks``: named callback nodes (``target``/``params``; official ``vtdm.*`` names
+  resolve). A ``ModelCheckpoint`` node without ``dirpath`` saves full states into
+  ``logdir/checkpoints/trainstep_checkpoints/{epoch:06}-{step:09}.ckpt`` and keeps them all.
+- ``lightning.modelcheckpoint.params``: overrides of the built-in checkpoint that writes
+  ``logdir/checkpoints/last.ckpt`` (full state, resumable) at every epoch end and when
+  training stops.
+
+Run folder ``logdir``: ``configs/<time>-project.yaml`` (merged config), ``checkpoints/``,
+``image_log/train/``, and the metrics logger's folder (``tensorboard/`` when tensorboard is
+installed, else ``csv/metrics.csv``).
+
+Learning rate: ``base_learning_rate`` times ``world size x accumulate_grad_batches x batch
+size`` when ``scale_lr`` (the official default), else ``base_learning_rate``.
+
+Seeds: every process seeds ``seed`` before building the model (identical initial weights),
+then ``100 * seed + global rank`` when training starts (the official ``int(f"{seed}{rank:02d}")``
+for seeds >= 0; see :func:`rank_seed` for resumed runs), so noise and dropout differ between
+ranks. The data are seeded by ``data.params.seed`` independently of the rank.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from .callbacks import SetupCallback
+from .config import build_model, load_config
+from .util import ConfigError, instantiate_from_config
+
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2")
+PRECISIONS = {"16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+              "32": "32-true", "32-true": "32-true"}
+LIGHTNING_SECTIONS = ("trainer", "callbacks", "modelcheckpoint")
+# Environment variable that carries the run timestamp to the processes Lightning's DDP launcher starts.
+RUN_TIMESTAMP_ENV = "HI3D_RUN_TIMESTAMP"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class TrainingConfigError(ConfigError):
+    """The ``lightning`` section or the command line asks for something this trainer cannot do."""
+
+
+# ----------------------------------------------------------------------------------------
+# Trainer options
+
+
+def parse_devices(value: Any) -> int | str | list[int]:
+    """Device selection from a flag or config value.
+
+    ``"2"`` / 2 -> 2 devices; ``"0,1"`` / ``"7,"`` (official ``gpus`` strings) -> ids [0, 1] / [7];
+    ``"auto"`` and ``-1`` (all) pass through; lists of ids pass through.
+    """
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            return [int(part) for part in text.split(",") if part.strip()]
+        return int(text)
+    except ValueError:
+        raise TrainingConfigError(
+            f"cannot read devices {value!r}: expected a count, 'auto' or ids like '0,1'") from None
+
+
+def _translate_gpus(options: dict) -> None:
+    gpus = options.pop("gpus")
+    if "devices" in options:
+        raise TrainingConfigError(f"lightning.trainer has both gpus={gpus!r} (Lightning 1.x) and devices="
+                                  f"{options['devices']!r}; keep devices only")
+    options["devices"] = parse_devices(gpus)
+    options["accelerator"] = "gpu"
+    rank_zero_info(f"lightning.trainer.gpus={gpus!r} translated to accelerator=gpu, devices={options['devices']!r}")
+
+
+def _translate_refresh_rate(options: dict) -> None:
+    rate = options.pop("logger_refresh_rate")
+    if "log_every_n_steps" in options:
+        raise TrainingConfigError("lightning.trainer has both logger_refresh_rate (Lightning 1.x) and "
+                                  "log_every_n_steps; keep log_every_n_steps only")
+    options["log_every_n_steps"] = int(rate)
+    rank_zero_info(f"lightning.trainer.logger_refresh_rate={rate} translated to log_every_n_steps={rate}")
+
+
+def _check_strategy(options: dict) -> None:
+    if options.get("accelerator") == "ddp":  # Lightning 1.x spelling
+        options["accelerator"] = "auto"
+        options.setdefault("strategy", "ddp")
+        rank_zero_info("lightning.trainer.accelerator=ddp translated to strategy=ddp")
+    strategy = options.get("strategy", "auto")
+    if strategy not in STRATEGIES:
+        raise TrainingConfigError(f"lightning.trainer.strategy={strategy!r} is not supported; use one of {STRATEGIES}")
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise TrainingConfigError(f"lightning.trainer.strategy={strategy!r} needs the 'deepspeed' package, which is "
+                                  "not installed; install it or use strategy=ddp")
+
+
+def _map_precision(options: dict) -> None:
+    if "precision" not in options:
+        return
+    value = str(options["precision"])
+    if value not in PRECISIONS:
+        raise TrainingConfigError(f"lightning.trainer.precision={options['precision']!r} is not supported; use one "
+                                  f"of {sorted(PRECISIONS)}")
+    options["precision"] = PRECISIONS[value]
+
+
+def translate_trainer_options(trainer_config: Mapping, has_validation: bool) -> dict:
+    """Lightning 2 ``Trainer`` keyword arguments from ``lightning.trainer`` (see the module docstring).
+
+    Raises:
+        TrainingConfigError: naming the key that cannot be honoured.
+    """
+    options = dict(trainer_config)
+    if "gpus" in options:
+        _translate_gpus(options)
+    if "logger_refresh_rate" in options:
+        _translate_refresh_rate(options)
+    if "check_val_every_n_epoch" in options and not has_validation:
+        raise TrainingConfigError("lightning.trainer.check_val_every_n_epoch has no effect: the model has no "
+                                  "validation step; remove the key")
+    if "devices" in options:
+        options["devices"] = parse_devices(options["devices"])
+    _check_strategy(options)
+    _map_precision(options)
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks",
+                                                                         "default_root_dir"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TrainingConfigError(f"lightning.trainer keys {unknown} are not Lightning 2 Trainer arguments")
+    return options
+
+
+# ----------------------------------------------------------------------------------------
+# Callbacks and logger
+
+
+def _step_checkpoint_defaults(ckptdir: Path) -> dict:
+    return {"dirpath": str(ckptdir / "trainstep_checkpoints"), "filename": "{epoch:06}-{step:09}", "save_top_k": -1}
+
+
+def last_checkpoint_callback(ckptdir: Path, overrides: Mapping | None) -> ModelCheckpoint:
+    """The built-in checkpoint: ``ckptdir/last.ckpt`` (full state) at epoch ends and at the end of training."""
+    params = {"dirpath": str(ckptdir), "save_last": True, "save_top_k": 0, **dict(overrides or {})}
+    return ModelCheckpoint(**params)
+
+
+def rank_seed(seed: int, rank: int, global_step: int) -> int:
+    """Seed of one process: ``100 * seed + rank`` from step 0 (the official ``f"{seed}{rank:02d}"``);
+    a run resumed at a later step gets a seed derived from (seed, rank, step) instead, so it does
+    not replay the noise of the first steps."""
+    if global_step == 0:
+        return 100 * seed + rank
+    return int(np.random.SeedSequence([seed, rank, global_step]).generate_state(1)[0])
+
+
+class RankSeed(pl.Callback):
+    """Reseed every process with :func:`rank_seed` when training starts (after a resume restored the step)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl.seed_everything(rank_seed(self.seed, trainer.global_rank, trainer.global_step), workers=True, verbose=False)
+
+
+def config_callbacks(nodes: Mapping, ckptdir: Path) -> list[pl.Callback]:
+    """Instantiate the named callback nodes of ``lightning.callbacks``."""
+    callbacks = []
+    for name, node in nodes.items():
+        if not isinstance(node, Mapping) or "target" not in node:
+            raise TrainingConfigError(f"lightning.callbacks.{name} must be a node with a 'target'")
+        node = dict(node)
+        if node["target"].endswith("ModelCheckpoint"):
+            node["params"] = {**_step_checkpoint_defaults(ckptdir), **dict(node.get("params") or {})}
+        callbacks.append(instantiate_from_config(node))
+    return callbacks
+
+
+def metrics_logger(logdir: Path) -> pl.loggers.Logger:
+    """TensorBoard when ``tensorboard`` or ``tensorboardX`` is installed, else CSV."""
+    if any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")):
+        return TensorBoardLogger(save_dir=str(logdir), name="tensorboard", version="")
+    return CSVLogger(save_dir=str(logdir), name="csv", version="")
+
+
+# ----------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class TrainOptions:
+    """What the command line asks for (see ``train_ddp_spawn.py --help``)."""
+
+    base: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    train: bool = False
+    no_test: bool = False
+    logdir: str = "logs"
+    name: str = ""
+    seed: int = 23
+    scale_lr: bool = True
+    resume: str = ""
+    devices: str | None = None
+    accelerator: str | None = None
+    max_steps: int | None = None
+
+
+@dataclass
+class RunFolders:
+    """The run folder and its sub-folders; ``checkpoint`` is the state to resume from, if any."""
+
+    logdir: Path
+    now: str
+    checkpoint: Path | None = None
+
+    @property
+    def ckptdir(self) -> Path:
+        return self.logdir / "checkpoints"
+
+    @property
+    def cfgdir(self) -> Path:
+        return self.logdir / "configs"
+
+
+def run_timestamp() -> str:
+    """This run's timestamp, shared with the DDP worker processes through the environment."""
+    if RUN_TIMESTAMP_ENV not in os.environ:
+        os.environ[RUN_TIMESTAMP_ENV] = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    return os.environ[RUN_TIMESTAMP_ENV]
+
+
+def resolve_resume(resume: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) of ``--resume``: a checkpoint (a file, or a DeepSpeed ``*.ckpt``
+    folder) somewhere under ``<run folder>/checkpoints/``, or a run folder (``checkpoints/last.ckpt``).
+
+    Raises:
+        FileNotFoundError: naming the missing path.
+        TrainingConfigError: for a checkpoint outside a ``checkpoints`` folder.
+    """
+    path = Path(resume)
+    if path.is_file() or (path.is_dir() and path.suffix == ".ckpt"):
+        for parent in path.resolve().parents:
+            if parent.name == "checkpoints":
+                return parent.parent, path
+        raise TrainingConfigError(f"--resume {path}: a checkpoint must lie under <run folder>/checkpoints/")
+    if path.is_dir():
+        checkpoint = path / "checkpoints" / LAST_CHECKPOINT
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"--resume {path}: no checkpoint at {checkpoint}")
+        return path, checkpoint
+    raise FileNotFoundError(f"--resume {path}: no such file or folder")
+
+
+def plan_run(options: TrainOptions) -> tuple[RunFolders, list[str]]:
+    """The run folders and the config files to merge (saved configs of a resumed run come first)."""
+    now = run_timestamp()
+    if options.resume:
+        logdir, checkpoint = resolve_resume(options.resume)
+        saved = sorted(str(p) for p in (logdir / "configs").glob("*.yaml"))
+        if not saved and not options.base:
+            raise FileNotFoundError(f"--resume {options.resume}: no saved config in {logdir / 'configs'} and no --base")
+        return RunFolders(logdir, now, checkpoint), saved + list(options.base)
+    if not options.base:
+        raise TrainingConfigError("no config: pass --base CONFIG.yaml (or --resume a run)")
+    name = options.name or Path(options.base[0]).stem
+    return RunFolders(Path(options.logdir) / f"{now}_{name}", now), list(options.base)
+
+
+def apply_cli(trainer_options: dict, options: TrainOptions) -> dict:
+    """Command-line ``--accelerator``, ``--devices`` and ``--max_steps`` override the config."""
+    if options.accelerator is not None:
+        trainer_options["accelerator"] = options.accelerator
+    if options.devices is not None:
+        trainer_options["devices"] = parse_devices(options.devices)
+    if options.max_steps is not None:
+        trainer_options["max_steps"] = options.max_steps
+    return trainer_options
+
+
+def build_trainer(config: DictConfig, folders: RunFolders, options: TrainOptions, has_validation: bool) -> pl.Trainer:
+    """The Trainer of ``config.lightning`` with the run's callbacks and logger."""
+    lightning = OmegaConf.to_container(config.get("lightning") or OmegaConf.create(), resolve=True)
+    unknown = sorted(set(lightning) - set(LIGHTNING_SECTIONS))
+    if unknown:
+        raise TrainingConfigError(f"lightning sections {unknown} are not supported (known: {LIGHTNING_SECTIONS})")
+    trainer_options = apply_cli(translate_trainer_options(lightning.get("trainer") or {}, has_validation), options)
+    callbacks = [
+        SetupCallback(folders.logdir, folders.ckptdir, folders.cfgdir, config, folders.now),
+        RankSeed(options.seed),
+        LearningRateMonitor(logging_interval="step"),
+        last_checkpoint_callback(folders.ckptdir, (lightning.get("modelcheckpoint") or {}).get("params")),
+        *config_callbacks(lightning.get("callbacks") or {}, folders.ckptdir),
+    ]
+    return pl.Trainer(**trainer_options, callbacks=callbacks, logger=metrics_logger(folders.logdir),
+                      default_root_dir=str(folders.logdir))
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, world_size: int, accumulate: int, scale_lr: bool) -> float:
+    """``world_size x accumulate x batch_size x base_lr`` when ``scale_lr``, else ``base_lr``."""
+    return world_size * accumulate * batch_size * base_lr if scale_lr else base_lr
+
+
+def set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool) -> float:
+    """Set ``model.learning_rate`` from ``model.base_learning_rate`` and the batch layout."""
+    if config.model.get("base_learning_rate") is None:
+        raise TrainingConfigError("model.base_learning_rate is missing")
+    if config.get("data") is None or config.data.get("params", {}).get("batch_size") is None:
+        raise TrainingConfigError("data.params.batch_size is missing")
+    base_lr, batch_size = float(config.model.base_learning_rate), int(config.data.params.batch_size)
+    world_size = trainer.num_devices * trainer.num_nodes
+    accumulate = trainer.accumulate_grad_batches
+    model.learning_rate = scaled_learning_rate(base_lr, batch_size, world_size, accumulate, scale_lr)
+    if scale_lr:
+        rank_zero_info(f"learning rate {model.learning_rate:.3e} = {world_size} (devices) x {accumulate} "
+                       f"(accumulation) x {batch_size} (batch) x {base_lr:.2e} (base)")
+    else:
+        rank_zero_info(f"learning rate {model.learning_rate:.3e} (not scaled)")
+    return model.learning_rate
+
+
+def run(options: TrainOptions) -> pl.Trainer:
+    """Build model, data and trainer from the options; fit when ``options.train``."""
+    folders, base = plan_run(options)
+    config = load_config(base, options.overrides)
+    if config.get("data") is None:
+        raise TrainingConfigError("the config has no 'data' section")
+    pl.seed_everything(options.seed, workers=True)
+    model = build_model(config)
+    data = instantiate_from_config(config.data)
+    has_validation = is_overridden("validation_step", model, pl.LightningModule)
+    trainer = build_trainer(config, folders, options, has_validation)
+    set_learning_rate(model, config, trainer, options.scale_lr)
+    rank_zero_info(f"run folder: {folders.logdir}")
+    if options.train:
+        trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
+    else:
+        rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
+    if not options.no_test and not is_overridden("test_step", model, pl.LightningModule):
+        rank_zero_warn("the model has no test_step: the test phase is skipped (pass --no-test True to silence this)")
+    return trainer
