@@ -402,3 +402,17 @@ def test_depth_constant_frame_does_not_divide_by_zero():
     out = embedder(torch.zeros(1, 3, 64, 64))
     # resampling noise of a constant map (~1e-7) is divided by the 1e-6 floor, not by itself
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() < 0.5
+
+
+def test_depth_embedder_refuses_frames_too_small_for_its_scale():
+    import re
+
+    from sgm.modules.encoders.depth import DepthEmbedder
+
+    class Flat(torch.nn.Module):
+        def forward(self, y):
+            return y.mean(dim=1)
+
+    embedder = DepthEmbedder(version=None, depth_model=Flat())
+    with pytest.raises(ValueError, match=re.escape("scale_factor=2.6666")):
+        embedder(torch.zeros(2, 3, 64, 64))

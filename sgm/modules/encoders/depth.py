@@ -95,8 +95,19 @@ class DepthEmbedder(FrozenEmbModel):
             self.freeze()
 
     def depth_input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size (h, w) the frames are resized to for the depth network (multiples of 32)."""
-        return tuple(int(side / self.scale_factor / DPT_SIZE_MULTIPLE) * DPT_SIZE_MULTIPLE for side in (height, width))
+        """Size (h, w) the frames are resized to for the depth network (multiples of 32).
+
+        Raises:
+            ValueError: if a side would be 0 (frames smaller than ``32 * scale_factor`` pixels).
+        """
+        size = tuple(int(side / self.scale_factor / DPT_SIZE_MULTIPLE) * DPT_SIZE_MULTIPLE for side in (height, width))
+        if min(size) == 0:
+            raise ValueError(
+                f"DepthEmbedder: {height}x{width} frames shrink by scale_factor={self.scale_factor} to less than "
+                f"{DPT_SIZE_MULTIPLE} px; use frames of at least {int(DPT_SIZE_MULTIPLE * self.scale_factor) + 1} px "
+                "or a smaller scale_factor"
+            )
+        return size
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B*T, 3, H, W) or (B, 3, T, H, W) in [-1, 1] -> (B*T, s*s, H/8, W/8) in [0, 1]
