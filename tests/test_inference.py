@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +36,15 @@ def _smaller_demo(name: str, resolution: int, folder: Path) -> Path:
     return path
 
 
-_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="hi3d-test-configs-"))
-DEMO1 = _smaller_demo("demo-v01.yaml", SIZE1, _CONFIG_DIR)
-DEMO2 = _smaller_demo("demo-v02.yaml", SIZE2, _CONFIG_DIR)
+@pytest.fixture(scope="module")
+def demo_configs(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("configs")
+    return _smaller_demo("demo-v01.yaml", SIZE1, folder), _smaller_demo("demo-v02.yaml", SIZE2, folder)
 
 
 @pytest.fixture(scope="module")
-def pipe() -> Hi3DPipeline:
-    return Hi3DPipeline.from_configs(DEMO1, DEMO2, device="cpu")
+def pipe(demo_configs) -> Hi3DPipeline:
+    return Hi3DPipeline.from_configs(*demo_configs, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_both_stages_write_the_official_layout(finished_run):
     assert Image.open(refined[5]).size == (SIZE2, SIZE2) and Image.open(masks[5]).mode == "L"
 
 
-def test_same_seed_gives_byte_identical_outputs(finished_run, rgba_image, tmp_path):
+def test_same_seed_gives_byte_identical_outputs(demo_configs, finished_run, rgba_image, tmp_path):
     # a fresh pipeline (models built again) with the same seed reproduces every byte
-    again = Hi3DPipeline.from_configs(DEMO1, DEMO2, device="cpu")
+    again = Hi3DPipeline.from_configs(*demo_configs, device="cpu")
     again(rgba_image, tmp_path / "object", elevation_deg=10, seed=3, num_steps=STEPS)
     assert digest_tree(tmp_path / "object") == digest_tree(finished_run)
 
@@ -151,26 +151,28 @@ def test_rgb_input_without_rembg_is_used_as_is_with_a_warning(tmp_path, caplog):
     assert not caplog.records
 
 
-def test_missing_checkpoint_names_path_and_readme(tmp_path):
+def test_missing_checkpoint_names_path_and_readme(demo_configs, tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        load_stage_model(ModelSpec(DEMO1, tmp_path / "first_stage.pt"), torch.device("cpu"), torch.float32)
+        load_stage_model(ModelSpec(demo_configs[0], tmp_path / "first_stage.pt"), torch.device("cpu"), torch.float32)
     assert "first_stage.pt" in str(info.value) and "README" in str(info.value)
 
 
-def test_checkpoint_of_the_other_stage_is_refused(tmp_path):
-    stage2, _ = load_stage_model(ModelSpec(DEMO2), torch.device("cpu"), torch.float32)
+def test_checkpoint_of_the_other_stage_is_refused(demo_configs, tmp_path):
+    demo1, demo2 = demo_configs
+    stage2, _ = load_stage_model(ModelSpec(demo2), torch.device("cpu"), torch.float32)
     path = tmp_path / "second_stage.safetensors"
     save_file({k: v.contiguous() for k, v in stage2.state_dict().items()}, str(path))
     with pytest.raises(CheckpointError, match="input_blocks.0.0.weight"):
-        load_stage_model(ModelSpec(DEMO1, path), torch.device("cpu"), torch.float32)
+        load_stage_model(ModelSpec(demo1, path), torch.device("cpu"), torch.float32)
 
 
-def test_checkpoint_is_loaded_when_given(tmp_path):
-    model, _ = load_stage_model(ModelSpec(DEMO1), torch.device("cpu"), torch.float32)
+def test_checkpoint_is_loaded_when_given(demo_configs, tmp_path):
+    demo1 = demo_configs[0]
+    model, _ = load_stage_model(ModelSpec(demo1), torch.device("cpu"), torch.float32)
     state = {k: (v + 1.0 if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     path = tmp_path / "shifted.safetensors"
     save_file(state, str(path))
-    loaded, used = load_stage_model(ModelSpec(DEMO1, path), torch.device("cpu"), torch.float32)
+    loaded, used = load_stage_model(ModelSpec(demo1, path), torch.device("cpu"), torch.float32)
     assert used == path
     torch.testing.assert_close(loaded.model.diffusion_model.out[2].weight, state["model.diffusion_model.out.2.weight"])
 
@@ -196,20 +198,22 @@ def run_script(args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_cli_errors_exit_nonzero_with_a_clear_message(finished_run, tmp_path):
-    missing = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(DEMO1), "--image_path",
+def test_cli_errors_exit_nonzero_with_a_clear_message(demo_configs, finished_run, tmp_path):
+    demo1, demo2 = demo_configs
+    missing = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(demo1), "--image_path",
                           str(tmp_path / "none.png"), "--output_dir", str(tmp_path / "o")])
     assert missing.returncode == 2 and "input image not found" in missing.stderr
-    existing = run_script(["pipeline_i2v_eval_v02.py", "--denoise_config", str(DEMO2), "--output_dir",
+    existing = run_script(["pipeline_i2v_eval_v02.py", "--denoise_config", str(demo2), "--output_dir",
                            str(finished_run), "--num_steps", "1"])
     assert existing.returncode == 2 and "--overwrite" in existing.stderr
-    checkpoint = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(DEMO1), "--denoise_checkpoint",
+    checkpoint = run_script(["pipeline_i2v_eval_v01.py", "--denoise_config", str(demo1), "--denoise_checkpoint",
                              str(tmp_path / "first_stage.pt"), "--image_path", "x.png", "--output_dir", str(tmp_path / "p")])
     assert checkpoint.returncode == 2 and "first_stage.pt" in checkpoint.stderr
 
 
-def test_one_command_runs_both_stages(rgba_image, tmp_path):
-    result = run_script(["scripts/run_hi3d.py", "--stage1_config", str(DEMO1), "--stage2_config", str(DEMO2),
+def test_one_command_runs_both_stages(demo_configs, rgba_image, tmp_path):
+    demo1, demo2 = demo_configs
+    result = run_script(["scripts/run_hi3d.py", "--stage1_config", str(demo1), "--stage2_config", str(demo2),
                          "--image_path", str(rgba_image), "--output_dir", str(tmp_path / "both"), "--num_steps", "1",
                          "--device", "cpu"])
     assert result.returncode == 0, result.stderr
