@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from sgm.cli import DEMO_NOTICE, add_sampling_args, run_main
+from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
 from sgm.pipelines.hi3d import Hi3DPipeline
 
 
@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     pipe = Hi3DPipeline.from_configs(None, args.denoise_config, stage2_checkpoint=args.denoise_checkpoint,
-                                     device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg)
+                                     **pipeline_options(args))
     if pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     result = pipe.run_refine(args.output_dir, elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sgm.cli import DEMO_NOTICE, add_sampling_args, run_main
+from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
 from sgm.pipelines.hi3d import Hi3DPipeline
 
 CONFIGS = {False: ("configs/inference-v01.yaml", "configs/inference-v02.yaml"),
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     default1, default2 = CONFIGS[args.demo]
     pipe = Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
                                      args.stage1_checkpoint, args.stage2_checkpoint,
-                                     device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg)
+                                     **pipeline_options(args))
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     common = dict(elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,

@@ -35,7 +35,16 @@ def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = Tr
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
     parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
+    parser.add_argument("--low_memory", action="store_true",
+                        help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first call)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
+
+
+def pipeline_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`~sgm.pipelines.hi3d.Hi3DPipeline` from the shared flags."""
+    return dict(device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg, low_memory=args.low_memory,
+                compile=args.compile)
 
 
 def run_main(main: Callable[[], None]) -> None:

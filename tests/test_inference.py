@@ -219,3 +219,16 @@ def test_one_command_runs_both_stages(demo_configs, rgba_image, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "UNTRAINED" in result.stdout and "all outputs are in" in result.stdout
     assert (tmp_path / "both" / "second_step_video" / "second.mp4").is_file()
+
+
+def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
+    """Half-size guided calls, one-frame decoding and part-by-part placement change no output."""
+    from sgm.pipelines.images import pixels_to_tensor
+    from sgm.pipelines.loading import ExecutionPlan
+    from sgm.pipelines.sampling import generate_orbit
+
+    model = pipe.model("orbit")
+    image = pixels_to_tensor(resize_and_center_crop(np.asarray(read_image(rgba_image).convert("RGB")), SIZE1))
+    runs = [generate_orbit(model, image, 10.0, torch.Generator().manual_seed(5), num_steps=STEPS,
+                           plan=ExecutionPlan(torch.device("cpu"), low_memory=low)) for low in (False, True)]
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-4)

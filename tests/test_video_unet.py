@@ -223,3 +223,14 @@ def test_forward_needs_num_video_frames_and_matching_rows():
         model(**{**args, "num_video_frames": None})
     with pytest.raises(ValueError):
         model(**{**args, "y": torch.randn(4, ADM)})
+
+
+def test_single_token_cross_attention_shortcut_equals_full_attention():
+    from sgm.modules.attention import CrossAttention, attention
+
+    torch.manual_seed(0)
+    layer = CrossAttention(query_dim=32, context_dim=24, heads=2, dim_head=16)
+    x, context = torch.randn(3, 10, 32), torch.randn(3, 1, 24)
+    q, k, v = (t.reshape(3, -1, 2, 16) for t in (layer.to_q(x), layer.to_k(context), layer.to_v(context)))
+    full = layer.to_out(attention(q, k, v).reshape(3, 10, 32))
+    torch.testing.assert_close(layer(x, context), full)

@@ -93,7 +93,14 @@ class CrossAttention(nn.Module):
         self.use_xformers = resolve_attention_backend(attn_type)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, Lq, query_dim); context: (N, Lk, context_dim) or None -> (N, Lq, query_dim)."""
+        """x: (N, Lq, query_dim); context: (N, Lk, context_dim) or None -> (N, Lq, query_dim).
+
+        With a single context token (Hi3D's CLIP embedding) the softmax weight is exactly 1 for
+        every query, so the output is ``to_out(to_v(context))`` for all of them: q, k and the
+        attention product are skipped (same function, same gradients: none reach to_q / to_k).
+        """
+        if context is not None and context.shape[1] == 1:
+            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
         context = x if context is None else context
         q, k, v = (
             rearrange(t, "n l (h d) -> n l h d", h=self.heads)

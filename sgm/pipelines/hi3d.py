@@ -30,7 +30,15 @@ from .images import (
     resize_bilinear,
     tensor_to_pixels,
 )
-from .loading import ModelSpec, load_stage_model, resolve_checkpoint, resolve_device, resolve_dtype
+from .loading import (
+    ExecutionPlan,
+    ModelSpec,
+    compile_unet,
+    load_stage_model,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
 from .outputs import OutputLayout
 from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input_frames
 from .video_io import read_mp4, write_mp4, write_views
@@ -65,6 +73,9 @@ class Hi3DPipeline:
         device: "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
         dtype: "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16".
         use_rembg: remove the background of RGB inputs with rembg when it is installed.
+        low_memory: keep the models on the CPU and move each part to ``device`` only for its
+            phase, with half-size guided UNet calls and one-frame decoding (same outputs).
+        compile: compile the UNet with ``torch.compile`` (slow first call, faster later ones).
 
     Models are built on first use and kept for later calls.
     """
@@ -76,11 +87,15 @@ class Hi3DPipeline:
         device: str | None = "auto",
         dtype: str | None = "auto",
         use_rembg: bool = True,
+        low_memory: bool = False,
+        compile: bool = False,
     ):
         self.specs = {"orbit": stage1, "refine": stage2}
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.use_rembg = use_rembg
+        self.plan = ExecutionPlan(self.device, low_memory)
+        self.compile = compile
         self._models: dict[str, torch.nn.Module] = {}
 
     @classmethod
@@ -105,7 +120,11 @@ class Hi3DPipeline:
             spec = self.specs.get(stage)
             if spec is None:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
-            self._models[stage], _ = load_stage_model(spec, self.device, self.dtype)
+            home = torch.device("cpu") if self.plan.low_memory else self.device
+            model, _ = load_stage_model(spec, home, self.dtype)
+            if self.compile:
+                compile_unet(model)
+            self._models[stage] = model
         return self._models[stage]
 
     def is_untrained(self, stage: str) -> bool:
@@ -144,7 +163,7 @@ class Hi3DPipeline:
         white = self.prepare_input(image, layout)
         frame = pixels_to_tensor(resize_and_center_crop(white, size))
         with guidance_range(model, min_cfg, max_cfg):
-            frames = generate_orbit(model, frame, elevation_deg, self._generator(seed), num_steps, callback)
+            frames = generate_orbit(model, frame, elevation_deg, self._generator(seed), num_steps, callback, self.plan)
         pixels = tensor_to_pixels(frames)
         write_mp4(pixels, layout.first_video)
         views = write_views(pixels, layout.first_views)
@@ -169,7 +188,8 @@ class Hi3DPipeline:
         views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
         frames = pixels_to_tensor(resize_bilinear(views, size, size))
         with guidance_range(model, min_cfg, max_cfg):
-            refined = refine_orbit(model, frames, elevation_deg, self._generator(seed), num_steps, callback=callback)
+            refined = refine_orbit(model, frames, elevation_deg, self._generator(seed), num_steps, callback=callback,
+                                   plan=self.plan)
         pixels = tensor_to_pixels(refined)
         write_mp4(pixels, layout.second_video)
         paths = write_views(pixels, layout.second_views)

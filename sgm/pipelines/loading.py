@@ -5,6 +5,7 @@ package names ``cuda``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,46 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """Autocast to ``dtype`` on ``device`` for half-precision models; a no-op context for float32."""
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+class ExecutionPlan:
+    """Where a stage model's parts run, and how lean the run is.
+
+    Default: the whole model lives on ``device``. ``low_memory``: the model stays on the CPU
+    and each part (encoders, UNet, autoencoder) visits ``device`` only for its phase; the
+    guided UNet call runs as two half-size calls and the autoencoder decodes one frame at a
+    time. Outputs are the same; peak memory is that of the largest part plus its activations.
+    """
+
+    def __init__(self, device: torch.device, low_memory: bool = False):
+        self.device = device
+        self.low_memory = low_memory
+
+    @property
+    def split_guidance(self) -> bool:
+        return self.low_memory
+
+    @property
+    def decode_chunk(self) -> int | None:
+        return 1 if self.low_memory else None
+
+    @contextlib.contextmanager
+    def phase(self, *modules: torch.nn.Module):
+        """Run a phase with ``modules`` on the execution device (moved back to the CPU after, in low-memory mode)."""
+        if not self.low_memory:
+            yield
+            return
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def compile_unet(model) -> None:
+    """Compile the UNet forward in place with ``torch.compile`` (state-dict keys are unchanged)."""
+    model.model.diffusion_model.compile()

@@ -16,7 +16,7 @@ from ..modules.diffusionmodules.guiders import LinearPredictionGuider
 from ..modules.diffusionmodules.refinement import refine_latents
 from .errors import UsageError
 from .images import foreground_masks
-from .loading import autocast_for, model_device_dtype
+from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
 StepCallback = Callable[[int, int], None]
 # Both stages' unconditional batch zeroes every embedder that reads the input frames.
@@ -48,6 +48,11 @@ def _conditioning(model, batch: dict, generator: torch.Generator):
     return model.conditioner.get_unconditional_conditioning(batch, UNCONDITIONAL_KEYS)
 
 
+def _plan_and_dtype(model, plan: ExecutionPlan | None) -> tuple[ExecutionPlan, torch.dtype]:
+    device, dtype = model_device_dtype(model)
+    return (plan if plan is not None else ExecutionPlan(device)), dtype
+
+
 def _latent_shape(num_frames: int, height: int, width: int) -> tuple[int, ...]:
     return (num_frames, LATENT_CHANNELS, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE)
 
@@ -60,6 +65,7 @@ def generate_orbit(
     generator: torch.Generator,
     num_steps: int | None = None,
     callback: StepCallback | None = None,
+    plan: ExecutionPlan | None = None,
 ) -> torch.Tensor:
     """Stage 1: one view -> an orbit of T views.
 
@@ -67,21 +73,27 @@ def generate_orbit(
         model: a :class:`~sgm.models.hi3d.Stage1VideoLDM`.
         image: (3, H, W) in [-1, 1], the input view on white.
         elevation_deg: camera elevation of the input view, in degrees.
-        generator: RNG on the model's device.
+        generator: RNG on the execution device.
+        plan: where the parts run (default: everything where the model is).
 
     Returns:
         (T, 3, H, W) float32 frames in about [-1, 1]; frame 0 is the input azimuth.
     """
-    device, dtype = model_device_dtype(model)
+    plan, dtype = _plan_and_dtype(model, plan)
+    device = plan.device
     frames = model.num_samples
     _, height, width = image.shape
     video = image.to(device)[None, :, None].expand(1, 3, frames, height, width)
     batch = {"video": video, "elevation": torch.tensor([elevation_deg], device=device)}
     with autocast_for(device, dtype):
-        cond, uncond = _conditioning(model, batch, generator)
+        with plan.phase(model.conditioner):
+            cond, uncond = _conditioning(model, batch, generator)
         noise = torch.randn(_latent_shape(frames, height, width), generator=generator, device=device)
-        latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=callback)
-    return model.decode_first_stage(latents).float()
+        with plan.phase(model.model):
+            latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=callback,
+                                   split_guidance=plan.split_guidance)
+    with plan.phase(model.first_stage_model):
+        return model.decode_first_stage(latents, plan.decode_chunk).float()
 
 
 def stage2_input_frames(first_video: np.ndarray, input_view: np.ndarray, num_frames: int) -> np.ndarray:
@@ -103,6 +115,7 @@ def refine_orbit(
     num_steps: int | None = None,
     alpha_power: float = 40.0,
     callback: StepCallback | None = None,
+    plan: ExecutionPlan | None = None,
 ) -> torch.Tensor:
     """Stage 2: refine an orbit of T views at the model resolution.
 
@@ -110,19 +123,22 @@ def refine_orbit(
         model: a :class:`~sgm.models.hi3d.Stage2VideoLDM`.
         frames: (T, 3, H, W) in [-1, 1]; frame 0 is the input view.
         elevation_deg: camera elevation, degrees.
-        generator: RNG on the model's device.
+        generator: RNG on the execution device.
         alpha_power: exponent of the blending schedule toward the input latents.
+        plan: where the parts run (default: everything where the model is).
 
     Returns:
         (T, 3, H, W) float32 refined frames in about [-1, 1].
     """
-    device, dtype = model_device_dtype(model)
+    plan, dtype = _plan_and_dtype(model, plan)
+    device = plan.device
     num_frames, _, height, width = frames.shape
     if num_frames != model.num_samples:
         raise UsageError(f"got {num_frames} frames, the stage-2 model expects {model.num_samples}")
     frames = frames.to(device)
     noise = torch.randn(_latent_shape(num_frames, height, width), generator=generator, device=device)
-    z_input = model.encode_first_stage(frames, generator=generator).float()
+    with plan.phase(model.first_stage_model):
+        z_input = model.encode_first_stage(frames, generator=generator).float()
     pixels = ((frames + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     batch = {
         "video": frames.permute(1, 0, 2, 3)[None],
@@ -130,7 +146,11 @@ def refine_orbit(
         "masks": torch.from_numpy(foreground_masks(pixels)).to(device)[None],
     }
     with autocast_for(device, dtype):
-        cond, uncond = _conditioning(model, batch, generator)
-        latents, _ = refine_latents(model.sampler, model.denoiser_fn(num_frames), noise, z_input, cond, uncond,
-                                    num_steps=num_steps, alpha_power=alpha_power, callback=callback)
-    return model.decode_first_stage(latents).float()
+        with plan.phase(model.conditioner):
+            cond, uncond = _conditioning(model, batch, generator)
+        with plan.phase(model.model):
+            latents, _ = refine_latents(model.sampler, model.denoiser_fn(num_frames, plan.split_guidance), noise,
+                                        z_input, cond, uncond, num_steps=num_steps, alpha_power=alpha_power,
+                                        callback=callback)
+    with plan.phase(model.first_stage_model):
+        return model.decode_first_stage(latents, plan.decode_chunk).float()
