@@ -5,19 +5,22 @@ and, for training, ``data`` and ``lightning`` nodes. Two keys beside ``model.par
 read here rather than passed to the model:
 
 - ``base_learning_rate``: read by the trainer.
-- ``random_pretrained_encoders`` (default false): when true, every pretrained-weights path
-  in the model config (parameters named ``version`` or ``*_version``: OpenCLIP, CLIP ViT-L,
-  the aesthetic MLP, MiDaS) is replaced by null, so the same architecture is built with
-  random weights and no file is read. For tests, demos and meta-device inspection.
+- ``random_pretrained_encoders`` (default false): when true, no pretrained-weights file is
+  read (OpenCLIP, CLIP ViT-L, the aesthetic MLP, MiDaS, whether named in the config or by a
+  class default): the same architecture is built with random weights. For tests, demos,
+  meta-device inspection and loading full checkpoints.
 """
 from __future__ import annotations
+
+import contextlib
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from .modules.encoders.pretrained import random_pretrained_weights
 from .util import ConfigError, instantiate_from_config
 
 def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
@@ -59,33 +62,23 @@ def validate_model_node(config: DictConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: 'model.params' must be a mapping")
 
 
-def strip_pretrained_paths(node: Any) -> Any:
-    """Copy of a config tree with every ``version`` / ``*_version`` value set to None."""
-    if isinstance(node, (dict, DictConfig)):
-        return {
-            key: None if str(key) == "version" or str(key).endswith("_version") else strip_pretrained_paths(value)
-            for key, value in node.items()
-        }
-    if isinstance(node, (list, ListConfig)):
-        return [strip_pretrained_paths(value) for value in node]
-    return node
-
-
-def model_node(config: DictConfig, random_pretrained_encoders: bool | None = None) -> dict:
-    """The ``{target, params}`` node of the model as plain containers, switch applied.
-
-    Args:
-        random_pretrained_encoders: overrides ``model.random_pretrained_encoders`` when given.
-    """
+def model_node(config: DictConfig) -> dict:
+    """The ``{target, params}`` node of the model as plain containers."""
     validate_model_node(config)
     model = OmegaConf.to_container(config.model, resolve=True)
-    random_init = model.get("random_pretrained_encoders", False)
-    if random_pretrained_encoders is not None:
-        random_init = random_pretrained_encoders
-    node = {"target": model["target"], "params": model["params"]}
-    return strip_pretrained_paths(node) if random_init else node
+    return {"target": model["target"], "params": model["params"]}
 
 
 def build_model(config: DictConfig, random_pretrained_encoders: bool | None = None, **overrides: Any):
-    """Instantiate the model of ``config`` (``overrides`` replace entries of ``model.params``)."""
-    return instantiate_from_config(model_node(config, random_pretrained_encoders), **overrides)
+    """Instantiate the model of ``config`` (``overrides`` replace entries of ``model.params``).
+
+    Args:
+        random_pretrained_encoders: overrides ``model.random_pretrained_encoders`` (default
+            false): when true no pretrained file is read and the encoders keep random weights.
+    """
+    random_init = config.model.get("random_pretrained_encoders", False)
+    if random_pretrained_encoders is not None:
+        random_init = random_pretrained_encoders
+    context = random_pretrained_weights() if random_init else contextlib.nullcontext()
+    with context:
+        return instantiate_from_config(model_node(config), **overrides)

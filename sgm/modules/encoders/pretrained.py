@@ -12,6 +12,9 @@ embedder deletes on purpose (CLIP's text transformer) can be discarded before ma
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,6 +57,23 @@ def read_pretrained_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return read_state_dict(path)
 
 
+_RANDOM_WEIGHTS: contextvars.ContextVar[bool] = contextvars.ContextVar("hi3d_random_pretrained", default=False)
+
+
+@contextlib.contextmanager
+def random_pretrained_weights():
+    """Within this context, embedders keep their random initialisation and read no weight file.
+
+    The switch behind the config key ``model.random_pretrained_encoders`` (tests, demos,
+    meta-device inspection, and loading a full checkpoint that holds the encoders anyway).
+    """
+    token = _RANDOM_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _RANDOM_WEIGHTS.reset(token)
+
+
 def load_pretrained(
     module: nn.Module,
     version: str | Path | None,
@@ -73,14 +93,15 @@ def load_pretrained(
         discard_keys: exact file keys dropped before matching (non-weight metadata).
 
     Returns:
-        ``True`` if weights were loaded, ``False`` for ``version=None``.
+        ``True`` if weights were loaded, ``False`` for ``version=None`` or inside
+        :func:`random_pretrained_weights`.
 
     Raises:
         MissingPretrainedError: the file does not exist.
         sgm.checkpoint.CheckpointError: the file is unreadable or its keys/shapes do not match
             (offending keys listed by name).
     """
-    if version is None:
+    if version is None or _RANDOM_WEIGHTS.get():
         return False
     path = Path(version)
     if not path.is_file():
