@@ -12,7 +12,6 @@ guidance halves, one-frame decoding), ``compile`` (default + torch.compile of th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from report import report, require_cuda
 from sgm.config import build_model, load_config
 from sgm.pipelines.loading import DTYPES, ExecutionPlan, autocast_for, compile_unet
 from sgm.pipelines.sampling import generate_orbit, refine_orbit
@@ -146,13 +146,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed UNet calls (median)")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("error: this benchmark needs a CUDA GPU")
-    result = measure(args.stage, args.mode, args.dtype, args.steps, args.repeats)
-    if args.json:
-        with args.json.open("a") as handle:
-            handle.write(json.dumps(result) + "\n")
-    print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    require_cuda()
+    report(measure(args.stage, args.mode, args.dtype, args.steps, args.repeats), args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ and the peak GPU memory.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from datetime import date
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from report import report, require_cuda
 from sgm.config import build_model, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,13 +84,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("error: this benchmark needs a CUDA GPU")
-    result = measure(args.stage, args.precision, args.fused_adam, args.steps)
-    if args.json:
-        with args.json.open("a") as handle:
-            handle.write(json.dumps(result) + "\n")
-    print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    require_cuda()
+    report(measure(args.stage, args.precision, args.fused_adam, args.steps), args.json)
 
 
 if __name__ == "__main__":
