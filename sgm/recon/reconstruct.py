@@ -1,0 +1,214 @@
+"""Views -> 3D in one call: fit Gaussians, render novel views, fuse a coloured mesh, write everything.
+
+Output folder::
+
+    OUT/views/view_XX.png, view_novel_XX.png, cameras.json   inputs (as fitted) and novel views
+    OUT/masks/mask_XX.png, mask_novel_XX.png                 their masks
+    OUT/gaussians.pt                                         the fitted scene (GaussianScene.load)
+    OUT/mesh.obj, OUT/mesh.glb                               coloured mesh, Y-up (see sgm.recon.export)
+    OUT/report.json                                          settings, counts, timings
+
+Example::
+
+    from sgm.recon.reconstruct import ReconstructConfig, reconstruct
+    result = reconstruct("outputs/a", elevation_deg=10, output_dir="outputs/a/3d")
+    print(result.mesh_glb)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sgm.pipelines.outputs import OutputExistsError
+from sgm.recon.cameras import OrbitCameras
+from sgm.recon.export import Mesh, write_glb, write_obj
+from sgm.recon.fit import FitConfig, FitResult, fit_gaussians
+from sgm.recon.gaussians import GaussianScene
+from sgm.recon.mesh import color_vertices, fuse_depths, mesh_from_volume, reject_depth_outliers
+from sgm.recon.novel_views import NovelViews, novel_view_cameras, render_novel_views, write_view_folder
+from sgm.recon.rasterize import render_views
+from sgm.recon.views import ViewError, ViewSet, load_views, resize_views
+
+log = logging.getLogger(__name__)
+# Views rendered for meshing (the novel views too, since they are fused) use the plain-PyTorch
+# rasteriser on any device: it gives the median depth, while gsplat gives only the expected
+# depth, which averages a surface with whatever shows through a gap in it and lets the fusion
+# carve tunnels (one 96 px scene fused at 128^3: Chamfer 0.020 with expected, 0.016 with median
+# depths).
+DEPTH_BACKEND = "torch"
+OUTPUT_NAMES = ("views", "masks", "gaussians.pt", "mesh.obj", "mesh.glb", "report.json")
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Settings of :func:`reconstruct`; angles in degrees, lengths in world units.
+
+    Attributes:
+        fit: Gaussian fitting settings.
+        resolution: longer image side the views are scaled to before fitting (None keeps them).
+        num_novel_views: extra views rendered and fused (0 for none).
+        novel_elevation_offset: elevation step of the off-ring novel views.
+        mesh_resolution: TSDF voxels per axis over ``[-mesh_bound, mesh_bound]``.
+        truncation_voxels: TSDF truncation in voxels.
+        min_component_fraction: pieces smaller than this fraction of the largest are removed.
+    """
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    resolution: int | None = 512
+    num_novel_views: int = 16
+    novel_elevation_offset: float = 20.0
+    mesh_resolution: int = 128
+    mesh_bound: float = 0.75
+    truncation_voxels: float = 3.0
+    min_component_fraction: float = 0.05
+
+
+@dataclass
+class ReconstructResult:
+    """Paths written by :func:`reconstruct` plus the in-memory scene, mesh and report."""
+
+    output_dir: Path
+    views_dir: Path
+    scene_path: Path
+    mesh_obj: Path
+    mesh_glb: Path
+    report_path: Path
+    fit: FitResult
+    mesh: Mesh
+    report: dict
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def concat_cameras(first: OrbitCameras, second: OrbitCameras) -> OrbitCameras:
+    """The cameras of ``first`` then ``second`` (same distance, fov and image size expected)."""
+    names = ("elevations_deg", "azimuths_deg", "K", "world_to_camera")
+    return dataclasses.replace(first, **{n: np.concatenate([getattr(first, n), getattr(second, n)]) for n in names})
+
+
+def fuse_mesh(scene: GaussianScene, views: ViewSet, novel: NovelViews | None, config: ReconstructConfig) -> Mesh:
+    """Fuse the input views (their masks and colours, depth rendered from ``scene``) and the novel views.
+
+    An input pixel inside its mask whose rendered opacity is below 0.5 has no depth and says
+    nothing; outside its mask it marks free space, whatever was rendered there. Depths far
+    behind their neighbours are dropped first (:func:`~sgm.recon.mesh.reject_depth_outliers`,
+    tolerance = the truncation distance). Vertex colours come from the input images and the
+    rendered novel views (:func:`~sgm.recon.mesh.color_vertices`, depth tolerance one voxel).
+    """
+    _, alphas, depths = render_views(scene, views.cameras, backend=DEPTH_BACKEND)
+    masks = views.masks >= 0.5
+    depths = np.where(masks & (alphas >= 0.5), depths, np.nan)
+    cameras, colors = views.cameras, views.images
+    if novel is not None:
+        cameras = concat_cameras(cameras, novel.cameras)
+        masks = np.concatenate([masks, novel.masks >= 0.5])
+        depths = np.concatenate([depths, np.where(novel.masks >= 0.5, novel.depths, np.nan)])
+        colors = np.concatenate([colors, novel.colors])
+    truncation = config.truncation_voxels * 2.0 * config.mesh_bound / config.mesh_resolution
+    depths = reject_depth_outliers(depths, tolerance=truncation)
+    volume = fuse_depths(depths, masks, cameras, config.mesh_resolution, config.mesh_bound, config.truncation_voxels)
+    mesh = mesh_from_volume(volume, config.min_component_fraction)
+    colors = color_vertices(mesh, colors, depths, cameras, tolerance=volume.spacing)
+    return Mesh(mesh.vertices, mesh.faces, colors)
+
+
+def output_names(names: tuple[str, ...]) -> list[str]:
+    """File names of the input views in the output folder: kept when they are ``view_*.png``, else numbered."""
+    kept = [n if n.startswith("view_") and n.endswith(".png") else f"view_{k:02d}.png" for k, n in enumerate(names)]
+    return kept if len(set(kept)) == len(kept) else [f"view_{k:02d}.png" for k in range(len(names))]
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds earlier results unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: naming the first existing result.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputExistsError(f"{output_dir} exists and is not a folder")
+    existing = [output_dir / n for n in OUTPUT_NAMES if (output_dir / n).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{output_dir} already holds 3D results ({existing[0]}); pass overwrite=True "
+                              "(--overwrite) or choose another folder")
+
+
+def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: str | Path,
+                config: ReconstructConfig = ReconstructConfig(), device: str | torch.device = "auto",
+                overwrite: bool = False, progress: bool = True) -> ReconstructResult:
+    """Fit, augment, mesh and write (see the module docstring for the files).
+
+    Args:
+        views: a folder / video / pipeline output folder for :func:`~sgm.recon.views.load_views`, or loaded views.
+        elevation_deg: elevation of the input orbit in degrees (used when the views carry no cameras.json).
+        output_dir: where results go.
+        config: settings.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        overwrite: replace earlier results in ``output_dir``.
+        progress: show progress bars.
+
+    Raises:
+        ViewError: unusable views; OutputExistsError: earlier results without ``overwrite``.
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    view_set = views if isinstance(views, ViewSet) else load_views(views, elevation_deg)
+    if config.resolution is not None:
+        view_set = resize_views(view_set, config.resolution)
+    device = resolve_device(device)
+    timings["load"] = time.perf_counter() - start
+
+    try:
+        fit = fit_gaussians(view_set, config.fit, device, progress)
+    except ValueError as err:
+        raise ViewError(str(err)) from err
+    timings["fit"] = fit.seconds
+
+    start = time.perf_counter()
+    height, width = view_set.images.shape[1:3]
+    ring_elevation = float(np.median(view_set.cameras.elevations_deg))
+    novel = None
+    names = output_names(view_set.names)
+    images, masks, cameras = view_set.images, view_set.masks, view_set.cameras
+    roles = ["input"] * len(names)
+    if config.num_novel_views > 0:
+        novel_cams = novel_view_cameras(ring_elevation, config.num_novel_views, width, height, len(view_set),
+                                        config.novel_elevation_offset, cameras.distance, cameras.fov_deg)
+        novel = render_novel_views(fit.scene, novel_cams, DEPTH_BACKEND)
+        names += [f"view_novel_{k:02d}.png" for k in range(config.num_novel_views)]
+        roles += ["novel"] * config.num_novel_views
+        images, masks = np.concatenate([images, novel.colors]), np.concatenate([masks, novel.masks])
+        cameras = concat_cameras(cameras, novel.cameras)
+    views_dir = write_view_folder(output_dir, images, masks, cameras, names, roles)
+    timings["novel_views"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    mesh = fuse_mesh(fit.scene, view_set, novel, config)
+    scene_path = fit.scene.save(output_dir / "gaussians.pt")
+    mesh_obj, mesh_glb = write_obj(mesh, output_dir / "mesh.obj"), write_glb(mesh, output_dir / "mesh.glb")
+    timings["mesh"] = time.perf_counter() - start
+
+    report = {
+        "views": len(view_set), "novel_views": config.num_novel_views, "resolution": [width, height],
+        "elevation_deg": ring_elevation, "device": str(device), "backend": fit.backend,
+        "gaussians": len(fit.scene), "final_loss": float(np.mean(fit.losses[-50:])),
+        "mesh_vertices": len(mesh.vertices), "mesh_faces": len(mesh.faces), "seconds": timings,
+        "config": dataclasses.asdict(config),
+    }
+    report_path = output_dir / "report.json"
+    report_path.write_text(json.dumps(report, indent=1))
+    log.info("3D results in %s: %d Gaussians, mesh of %d faces", output_dir, len(fit.scene), len(mesh.faces))
+    return ReconstructResult(output_dir, views_dir, scene_path, mesh_obj, mesh_glb, report_path, fit, mesh, report)
