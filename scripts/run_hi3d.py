@@ -1,4 +1,4 @@
-"""Hi3D on one image, both stages in one process: orbit (stage 1) then refinement (stage 2).
+"""Hi3D on one image in one process: orbit (stage 1), refinement (stage 2), optionally a mesh (--mesh).
 
     python scripts/run_hi3d.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
     python scripts/run_hi3d.py --demo --image_path demo/robot.png --output_dir outputs/demo   # tiny random models
@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
 from sgm.pipelines.hi3d import Hi3DPipeline
+from sgm.recon.fit import FitConfig
+from sgm.recon.reconstruct import ReconstructConfig
 
 CONFIGS = {False: ("configs/inference-v01.yaml", "configs/inference-v02.yaml"),
            True: ("configs/demo-v01.yaml", "configs/demo-v02.yaml")}
@@ -22,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (default: inference-v02.yaml, or demo-v02.yaml with --demo)")
     parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights (default: the config's 'checkpoint')")
     parser.add_argument("--stage2_checkpoint", default=None, help="stage-2 weights (default: the config's 'checkpoint')")
+    parser.add_argument("--mesh", action="store_true", help="end with 3D reconstruction: OUT/3d/mesh.glb and mesh.obj")
+    parser.add_argument("--mesh_resolution", type=int, default=512, help="view size used for the Gaussian fit")
+    parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
     add_sampling_args(parser)
     return parser.parse_args(argv)
 
@@ -40,6 +45,10 @@ def main(argv=None) -> None:
     print(f"stage 1: {orbit.video}  ({orbit.extra['contact_sheet']})")
     refined = pipe.run_refine(args.output_dir, **common)
     print(f"stage 2: {refined.video}  ({refined.extra['contact_sheet']})")
+    if args.mesh:
+        config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution)
+        mesh = pipe.run_mesh(args.output_dir, args.elevation, args.overwrite, config)
+        print(f"3D: {mesh.mesh_glb}  ({mesh.mesh_obj})")
     print(f"all outputs are in {Path(args.output_dir).resolve()}")
 
 

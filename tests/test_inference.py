@@ -232,3 +232,29 @@ def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
     runs = [generate_orbit(model, image, 10.0, torch.Generator().manual_seed(5), num_steps=STEPS,
                            plan=ExecutionPlan(torch.device("cpu"), low_memory=low)) for low in (False, True)]
     torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-4)
+
+
+def test_mesh_stage_writes_glb_and_obj_from_refined_views(tmp_path):
+    """The API's 3D stage on a synthetic orbit laid out as stage 2 writes it (views + masks)."""
+    from sgm.data.synthetic_orbits import random_object, render_views
+    from sgm.recon.cameras import orbit_cameras
+    from sgm.recon.fit import FitConfig
+    from sgm.recon.reconstruct import ReconstructConfig
+
+    out = tmp_path / "object"
+    views, masks = out / "second_step_video" / "views", out / "second_step_video" / "masks"
+    views.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for index, rgba in enumerate(render_views(random_object(3), orbit_cameras(20.0, width=48, height=48))):
+        rgba = rgba.permute(1, 2, 0).numpy()
+        rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(views / f"view_{index:02d}.png")
+        Image.fromarray(((rgba[..., 3] > 0.5) * 255).astype(np.uint8)).save(masks / f"mask_{index:02d}.png")
+    pipe = Hi3DPipeline(None, None, device="cpu")
+    config = ReconstructConfig(fit=FitConfig(iterations=40, num_init=2000), resolution=48, num_novel_views=2,
+                               mesh_resolution=32)
+    result = pipe.run_mesh(out, elevation_deg=20.0, config=config)
+    assert result.mesh_glb == out / "3d" / "mesh.glb" and result.mesh_glb.stat().st_size > 0
+    assert result.mesh_obj.read_text().count("\nf ") > 100
+    with pytest.raises(OutputExistsError):
+        pipe.run_mesh(out, elevation_deg=20.0, config=config)

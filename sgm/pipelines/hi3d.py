@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..recon.reconstruct import ReconstructConfig, ReconstructResult, reconstruct
 from .errors import UsageError
 from .images import (
     composite_on_white,
@@ -45,7 +46,7 @@ from .video_io import read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int], None]
-STAGES = ("orbit", "refine")
+STAGES = ("orbit", "refine", "mesh")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Hi3DResult:
     output_dir: Path
     orbit: StageResult | None = None
     refined: StageResult | None = None
+    mesh: ReconstructResult | None = None
 
 
 class Hi3DPipeline:
@@ -201,10 +203,20 @@ class Hi3DPipeline:
         return StageResult(layout.second_video, paths, pixels, {"contact_sheet": layout.second_sheet,
                                                                 "masks": layout.second_masks})
 
+    def run_mesh(
+        self, output_dir: str | Path, elevation_deg: float = 0.0, overwrite: bool = False,
+        config: ReconstructConfig | None = None,
+    ) -> ReconstructResult:
+        """3D: fit Gaussians to the refined views of ``output_dir``, render novel views, write
+        ``OUT/3d/mesh.glb`` and ``mesh.obj`` (see :func:`sgm.recon.reconstruct.reconstruct`)."""
+        layout = OutputLayout(Path(output_dir))
+        return reconstruct(layout.root, elevation_deg, layout.mesh_dir, config=config or ReconstructConfig(),
+                           device=self.device, overwrite=overwrite)
+
     def __call__(
         self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
-        num_steps: int | None = None, stages: tuple[str, ...] = STAGES, overwrite: bool = False,
-        callback: StepCallback | None = None,
+        num_steps: int | None = None, stages: tuple[str, ...] = ("orbit", "refine"), overwrite: bool = False,
+        callback: StepCallback | None = None, mesh_config: ReconstructConfig | None = None,
     ) -> Hi3DResult:
         """Run the requested stages in order on one image."""
         unknown = set(stages) - set(STAGES)
@@ -217,6 +229,8 @@ class Hi3DPipeline:
             result.orbit = self.run_orbit(image, output_dir, **common)
         if "refine" in stages:
             result.refined = self.run_refine(output_dir, **common)
+        if "mesh" in stages:
+            result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config)
         return result
 
 

@@ -11,6 +11,7 @@
     OUT/second_step_video/views/view_XX.png
     OUT/second_step_video/masks/mask_XX.png   foreground masks of the refined views
     OUT/second_step_video/contact_sheet.png
+    OUT/3d/                            Gaussian fit, novel views, mesh.obj / mesh.glb (see sgm.recon.reconstruct)
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ class OutputLayout:
     @property
     def second_sheet(self) -> Path:
         return self.root / "second_step_video" / "contact_sheet.png"
+
+    @property
+    def mesh_dir(self) -> Path:
+        return self.root / "3d"
 
     def stage_outputs(self, stage: int) -> list[Path]:
         """Files and folders that stage 1 or 2 writes."""
