@@ -96,10 +96,11 @@ class CrossAttention(nn.Module):
         """x: (N, Lq, query_dim); context: (N, Lk, context_dim) or None -> (N, Lq, query_dim).
 
         With a single context token (Hi3D's CLIP embedding) the softmax weight is exactly 1 for
-        every query, so the output is ``to_out(to_v(context))`` for all of them: q, k and the
-        attention product are skipped (same function, same gradients: none reach to_q / to_k).
+        every query, so at inference the output is ``to_out(to_v(context))`` for all of them and
+        q, k and the attention product are skipped (same function). With gradients on, the full
+        graph is kept so that every parameter takes part (distributed training requires it).
         """
-        if context is not None and context.shape[1] == 1:
+        if context is not None and context.shape[1] == 1 and not torch.is_grad_enabled():
             return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
         context = x if context is None else context
         q, k, v = (
