@@ -98,7 +98,3 @@ def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
         raise ValueError(f"tensor has {x.ndim} dims, more than the target {target_ndim}")
     return x[(...,) + (None,) * missing]
 
-
-def count_params(module: torch.nn.Module) -> int:
-    """Number of parameters in ``module``."""
-    return sum(p.numel() for p in module.parameters())

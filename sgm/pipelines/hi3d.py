@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..modules.diffusionmodules.sampling import StepCallback
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, reconstruct
 from .errors import UsageError
 from .images import (
@@ -45,7 +45,6 @@ from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input
 from .video_io import read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
-StepCallback = Callable[[int, int], None]
 STAGES = ("orbit", "refine", "mesh")
 
 

@@ -7,18 +7,17 @@ a seed fixes the output.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..modules.diffusionmodules.guiders import LinearPredictionGuider
 from ..modules.diffusionmodules.refinement import refine_latents
+from ..modules.diffusionmodules.sampling import StepCallback
 from .errors import UsageError
 from .images import foreground_masks
 from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
-StepCallback = Callable[[int, int], None]
 # Both stages' unconditional batch zeroes every embedder that reads the input frames.
 UNCONDITIONAL_KEYS = ("cond_frames", "cond_frames_without_noise")
 LATENT_CHANNELS = 4

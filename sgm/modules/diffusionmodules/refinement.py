@@ -9,14 +9,12 @@ exactly as the official release computes it.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import DenoiserFn, EulerEDMSampler
+from .sampling import DenoiserFn, EulerEDMSampler, StepCallback
 
-StepCallback = Callable[[int, int], None]
 
 
 def refinement_alpha(step: int, num_steps: int, power: float = 40.0) -> float:
