@@ -9,17 +9,18 @@ import argparse
 from pathlib import Path
 
 from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
-from sgm.pipelines.hi3d import Hi3DPipeline
+from sgm.pipelines.hi3d import PRETRAINED, Hi3DPipeline
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig
 
-CONFIGS = {False: ("configs/inference-v01.yaml", "configs/inference-v02.yaml"),
-           True: ("configs/demo-v01.yaml", "configs/demo-v02.yaml")}
+DEMO_CONFIGS = ("configs/demo-v01.yaml", "configs/demo-v02.yaml")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="use the tiny untrained demo configs (no checkpoints needed)")
+    parser.add_argument("--ckpt_dir", default="ckpts",
+                        help="folder of the released first_stage.pt / second_stage.pt (used without --demo or configs)")
     parser.add_argument("--stage1_config", default=None, help="stage-1 config (default: inference-v01.yaml, or demo-v01.yaml with --demo)")
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (default: inference-v02.yaml, or demo-v02.yaml with --demo)")
     parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights (default: the config's 'checkpoint')")
@@ -31,24 +32,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
+    """The released models from --ckpt_dir, unless --demo or explicit configs / checkpoints are given."""
+    explicit = (args.stage1_config, args.stage2_config, args.stage1_checkpoint, args.stage2_checkpoint)
+    if not args.demo and all(value is None for value in explicit):
+        return Hi3DPipeline.from_pretrained(args.ckpt_dir, **pipeline_options(args))
+    default1, default2 = DEMO_CONFIGS if args.demo else (PRETRAINED["orbit"][1], PRETRAINED["refine"][1])
+    return Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
+                                     args.stage1_checkpoint, args.stage2_checkpoint, **pipeline_options(args))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    default1, default2 = CONFIGS[args.demo]
-    pipe = Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
-                                     args.stage1_checkpoint, args.stage2_checkpoint,
-                                     **pipeline_options(args))
+    pipe = build_pipeline(args)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
-    common = dict(elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,
-                  min_cfg=args.min_cfg, max_cfg=args.max_cfg, overwrite=args.overwrite)
-    orbit = pipe.run_orbit(args.image_path, args.output_dir, **common)
-    print(f"stage 1: {orbit.video}  ({orbit.extra['contact_sheet']})")
-    refined = pipe.run_refine(args.output_dir, **common)
-    print(f"stage 2: {refined.video}  ({refined.extra['contact_sheet']})")
-    if args.mesh:
-        config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution)
-        mesh = pipe.run_mesh(args.output_dir, args.elevation, args.overwrite, config)
-        print(f"3D: {mesh.mesh_glb}  ({mesh.mesh_obj})")
+    stages = ("orbit", "refine", "mesh") if args.mesh else ("orbit", "refine")
+    config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution)
+    result = pipe(args.image_path, args.output_dir, elevation_deg=args.elevation, seed=args.seed,
+                  num_steps=args.num_steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages,
+                  overwrite=args.overwrite, mesh_config=config)
+    print(f"stage 1: {result.orbit.video}  ({result.orbit.extra['contact_sheet']})")
+    print(f"stage 2: {result.refined.video}  ({result.refined.extra['contact_sheet']})")
+    if result.mesh is not None:
+        print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.mesh_obj})")
     print(f"all outputs are in {Path(args.output_dir).resolve()}")
 
 

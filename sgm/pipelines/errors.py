@@ -3,3 +3,7 @@
 
 class UsageError(ValueError):
     """An input file or an option is unusable; the message says what was expected."""
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """Released checkpoints expected in a folder are absent; the message names them and ckpts/README.md."""

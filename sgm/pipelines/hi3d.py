@@ -2,13 +2,15 @@
 
 Example::
 
-    from sgm.pipelines import Hi3DPipeline
-    pipe = Hi3DPipeline.from_configs("configs/inference-v01.yaml", "configs/inference-v02.yaml")
-    result = pipe("demo/robot.png", "outputs/robot", elevation_deg=10, seed=0)
-    print(result.second_video)
+    from sgm.pipelines.hi3d import Hi3DPipeline
+    pipe = Hi3DPipeline.from_pretrained("ckpts")          # ckpts/first_stage.pt, ckpts/second_stage.pt
+    result = pipe("demo/object_a_elev10.png", "outputs/a", elevation_deg=10, seed=0,
+                  stages=("orbit", "refine", "mesh"))
+    result.orbit.images[0].show(); print(result.videos, result.mesh_path)
 """
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,9 @@ from PIL import Image
 
 from ..modules.diffusionmodules.sampling import StepCallback
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, reconstruct
-from .errors import UsageError
+from .errors import MissingCheckpointError, UsageError
 from .images import (
+    check_image_size,
     composite_on_white,
     contact_sheet,
     foreground_masks,
@@ -46,6 +49,10 @@ from .video_io import read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
 STAGES = ("orbit", "refine", "mesh")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The released weights of each stage model and the config of its architecture (see ckpts/README.md).
+PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
+              "refine": ("second_stage.pt", CONFIG_DIR / "inference-v02.yaml")}
 
 
 @dataclass
@@ -57,13 +64,31 @@ class StageResult:
     pixels: np.ndarray
     extra: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def images(self) -> list[Image.Image]:
+        """The views as PIL images (RGB), in orbit order."""
+        return [Image.fromarray(view) for view in self.pixels]
+
 
 @dataclass
 class Hi3DResult:
+    """What :meth:`Hi3DPipeline.__call__` produced; a stage that did not run is None."""
+
     output_dir: Path
     orbit: StageResult | None = None
     refined: StageResult | None = None
     mesh: ReconstructResult | None = None
+
+    @property
+    def videos(self) -> dict[str, Path]:
+        """Video path of each stage that ran ("orbit", "refine")."""
+        return {name: stage.video for name, stage in (("orbit", self.orbit), ("refine", self.refined))
+                if stage is not None}
+
+    @property
+    def mesh_path(self) -> Path | None:
+        """The textured mesh (``OUT/3d/mesh.glb``), when the mesh stage ran."""
+        return self.mesh.mesh_glb if self.mesh is not None else None
 
 
 class Hi3DPipeline:
@@ -115,6 +140,23 @@ class Hi3DPipeline:
             return ModelSpec(Path(config), Path(checkpoint) if checkpoint is not None else None)
         return cls(spec(stage1_config, stage1_checkpoint), spec(stage2_config, stage2_checkpoint), **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path = "ckpts", **kwargs) -> "Hi3DPipeline":
+        """Pipeline of the released models: ``ckpt_dir/first_stage.pt`` and ``ckpt_dir/second_stage.pt``
+        with the architectures of ``configs/inference-v01.yaml`` / ``inference-v02.yaml``.
+
+        Raises:
+            MissingCheckpointError: a file is absent (the message names every missing file).
+        """
+        ckpt_dir = Path(ckpt_dir)
+        missing = [str(ckpt_dir / name) for name, _ in PRETRAINED.values() if not (ckpt_dir / name).is_file()]
+        if missing:
+            raise MissingCheckpointError(
+                f"checkpoints not found: {', '.join(missing)}. Download the released Hi3D checkpoints and place "
+                "them there as listed in ckpts/README.md")
+        (name1, config1), (name2, config2) = PRETRAINED["orbit"], PRETRAINED["refine"]
+        return cls.from_configs(config1, config2, ckpt_dir / name1, ckpt_dir / name2, **kwargs)
+
     def model(self, stage: str) -> torch.nn.Module:
         """The model of ``stage`` ("orbit" or "refine"), built once."""
         if stage not in self._models:
@@ -124,7 +166,7 @@ class Hi3DPipeline:
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, _ = load_stage_model(spec, home, self.dtype)
             if self.compile:
-                compile_unet(model)
+                compile_unet(model.model.diffusion_model)
             self._models[stage] = model
         return self._models[stage]
 
@@ -135,6 +177,12 @@ class Hi3DPipeline:
             raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
         return resolve_checkpoint(spec) is None
 
+    def release_memory(self) -> None:
+        """Return cached accelerator memory to the driver (the models stay where they live)."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _generator(self, seed: int) -> torch.Generator:
         torch.manual_seed(seed)  # anything outside our explicit generator is seeded too
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -143,6 +191,7 @@ class Hi3DPipeline:
         """Save ``rgba.png`` and ``white.png`` and return the white-composited RGB pixels (H, W, 3)."""
         if not isinstance(image, Image.Image):
             image = read_image(image)
+        check_image_size(*image.size)
         rgba = remove_background(image, self.use_rembg)
         white = composite_on_white(rgba)
         layout.rgba.parent.mkdir(parents=True, exist_ok=True)
@@ -214,23 +263,36 @@ class Hi3DPipeline:
 
     def __call__(
         self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
-        num_steps: int | None = None, stages: tuple[str, ...] = ("orbit", "refine"), overwrite: bool = False,
+        num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
+        stages: tuple[str, ...] = ("orbit", "refine"), overwrite: bool = False,
         callback: StepCallback | None = None, mesh_config: ReconstructConfig | None = None,
     ) -> Hi3DResult:
-        """Run the requested stages in order on one image."""
+        """Run the requested stages in order on one image.
+
+        ``min_cfg`` / ``max_cfg`` (guidance of the first / last frame) apply to both diffusion
+        stages; None keeps each config's values. ``image`` is only read by the "orbit" stage.
+        In low-memory mode cached GPU memory is released after each stage.
+        """
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise UsageError(f"unknown stages {sorted(unknown)}: choose from {STAGES}")
         result = Hi3DResult(Path(output_dir))
-        common = dict(elevation_deg=elevation_deg, seed=seed, num_steps=num_steps, overwrite=overwrite,
-                      callback=callback)
+        common = dict(elevation_deg=elevation_deg, seed=seed, num_steps=num_steps, min_cfg=min_cfg,
+                      max_cfg=max_cfg, overwrite=overwrite, callback=callback)
         if "orbit" in stages:
             result.orbit = self.run_orbit(image, output_dir, **common)
+            self._after_stage()
         if "refine" in stages:
             result.refined = self.run_refine(output_dir, **common)
+            self._after_stage()
         if "mesh" in stages:
             result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config)
+            self._after_stage()
         return result
+
+    def _after_stage(self) -> None:
+        if self.plan.low_memory:
+            self.release_memory()
 
 
 def check_steps(num_steps: int | None) -> None:

@@ -21,22 +21,45 @@ log = logging.getLogger(__name__)
 
 # A pixel whose R, G and B all exceed this is background (white) in the stage-2 masks.
 WHITE_THRESHOLD = 220
+# Input images must have sides in [MIN_IMAGE_SIDE, MAX_IMAGE_SIDE] pixels: smaller ones hold too
+# little of the object for a 512 px model, larger ones would only cost memory (they are resized).
+MIN_IMAGE_SIDE = 64
+MAX_IMAGE_SIDE = 8192
 
 
 class InputImageError(UsageError):
     """The input image is missing, unreadable or unusable."""
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image file fully (RGBA kept, palette/greyscale converted to RGB/RGBA)."""
+def check_image_size(width: int, height: int, name: str = "the input image") -> None:
+    """Refuse images with a side under :data:`MIN_IMAGE_SIDE` or over :data:`MAX_IMAGE_SIDE` pixels."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputImageError(f"{name} is too small ({width}x{height} px): each side must be at least "
+                              f"{MIN_IMAGE_SIDE} px")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise InputImageError(f"{name} is too large ({width}x{height} px): each side must be at most "
+                              f"{MAX_IMAGE_SIDE} px")
+
+
+def read_image(path: str | Path, name: str | None = None) -> Image.Image:
+    """Open an image file fully (RGBA kept, palette/greyscale converted to RGB/RGBA).
+
+    The size is checked (:func:`check_image_size`) from the header, before the pixels are decoded.
+    ``name`` replaces the path in error messages (e.g. "the uploaded file").
+    """
     path = Path(path)
+    name = name or str(path)
     if not path.is_file():
-        raise InputImageError(f"input image not found: {path}")
+        raise InputImageError(f"input image not found: {name}")
     try:
         with Image.open(path) as image:
+            check_image_size(*image.size, name=name)
             image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise InputImageError(f"cannot read {path} as an image ({err})") from err
+    except UnidentifiedImageError as err:
+        raise InputImageError(f"cannot read {name} as an image: not a known image format "
+                              "(use PNG, JPEG or WebP)") from err
+    except (OSError, Image.DecompressionBombError) as err:
+        raise InputImageError(f"cannot read {name} as an image ({err})") from err
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         return image.convert("RGBA")
     return image.convert("RGB")

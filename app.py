@@ -1,0 +1,67 @@
+"""Hi3D web app: upload an image, get the orbit views, the refined views and a 3D model.
+
+    pip install -e .[app]
+    python app.py                      # http://127.0.0.1:7860, demo models unless ckpts/ holds the checkpoints
+    python app.py --low_memory         # a GPU with less memory (same results)
+
+It listens on 127.0.0.1 only, unless --host or --share says otherwise. Results go to
+OUTPUT_ROOT/<job id>/ (default outputs/app/).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (needs internet)")
+    parser.add_argument("--ckpt_dir", default=None,
+                        help="folder of first_stage.pt / second_stage.pt (default ckpts; the demo models when it holds neither)")
+    parser.add_argument("--demo", action="store_true", help="serve the tiny untrained demo models even if checkpoints exist")
+    parser.add_argument("--stage1_config", default=None, help="stage-1 config (overrides the checkpoint folder)")
+    parser.add_argument("--stage2_config", default=None, help="stage-2 config (overrides the checkpoint folder)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
+    parser.add_argument("--low_memory", action="store_true",
+                        help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
+    parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
+    parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
+    parser.add_argument("--output_root", default="outputs/app", help="folder holding one subfolder per job")
+    parser.add_argument("--mesh_iterations", type=int, default=None,
+                        help="Gaussian-fit steps of the 3D stage (default 3000 on a GPU, 100 on a CPU)")
+    parser.add_argument("--mesh_resolution", type=int, default=None,
+                        help="view size used by the 3D stage (default 512 on a GPU, 64 on a CPU)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from sgm.app.jobs import JobRunner
+    from sgm.app.models import choose_models, mesh_settings
+    from sgm.app.ui import Handlers, serve
+    from sgm.pipelines.loading import resolve_device
+
+    choice = choose_models(args.ckpt_dir or "ckpts", demo=args.demo, stage1_config=args.stage1_config,
+                           stage2_config=args.stage2_config, ckpt_dir_given=args.ckpt_dir is not None,
+                           device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg,
+                           low_memory=args.low_memory)
+    mesh_config = mesh_settings(resolve_device(args.device).type == "cuda", args.mesh_iterations,
+                                args.mesh_resolution)
+    runner = JobRunner(choice.factory, args.output_root, mesh_config)
+    max_bytes = int(args.max_upload_mb * 2**20)
+    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+        print("WARNING: the app is reachable from other machines; anyone who can reach it can run jobs",
+              file=sys.stderr)
+    print(f"models: {choice.mode} ({choice.notice})")
+    serve(Handlers(runner, max_bytes), choice.notice, host=args.host, port=args.port, share=args.share,
+          max_upload_bytes=max_bytes)
+
+
+if __name__ == "__main__":
+    main()
