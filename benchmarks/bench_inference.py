@@ -40,7 +40,7 @@ def build(stage: int, device: torch.device, dtype: torch.dtype, mode: str):
         model = model.to("cpu")
         torch.cuda.empty_cache()
     if mode == "compile":
-        compile_unet(model)
+        compile_unet(model.model.diffusion_model)
     return model
 
 

@@ -1,13 +1,15 @@
 """Time one full-size training step (forward + backward + optimizer) on a GPU, random weights.
 
     python benchmarks/bench_training.py --stage 1 --precision fp16
-    python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --json out.json
+    python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --compile --json out.json
 
-Batch 1 clip of 16 frames at the stage resolution, gradient checkpointing on (as configured),
-AdamW over the whole UNet (``trained_param_keys: [all]``), mixed precision through autocast
-(fp16 with a gradient scaler, or bf16), master weights in float32. The step includes the VAE
-encoding and the conditioning, as a Lightning training step does. Prints the median step time
-and the peak GPU memory.
+The model of ``configs/train-v0{1,2}.yaml`` (without its starting checkpoint): batch 1 clip of 16
+frames at the stage resolution, gradient checkpointing on, AdamW over the whole UNet, mixed
+precision through autocast (fp16 with a gradient scaler, or bf16), master weights in float32.
+``--set`` applies further config overrides (e.g. ``model.params.encode_n_samples_a_time=1``).
+The step includes the VAE encoding and the conditioning, as a Lightning training step does.
+Prints the median step time, the time and peak GPU memory of each phase of one step, and the
+memory held between steps (weights, optimizer states).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from report import report, require_cuda
 from sgm.config import build_model, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {1: ROOT / "configs" / "inference-v01.yaml", 2: ROOT / "configs" / "inference-v02.yaml"}
+CONFIGS = {1: ROOT / "configs" / "train-v01.yaml", 2: ROOT / "configs" / "train-v02.yaml"}
 
 
 def make_batch(model, device: torch.device) -> dict:
@@ -34,13 +36,23 @@ def make_batch(model, device: torch.device) -> dict:
             "image_only_indicator": torch.zeros(1, frames, device=device), "num_video_frames": frames}
 
 
-def measure(stage: int, precision: str, fused: bool, steps: int) -> dict:
+def weight_memory(model) -> dict[str, float]:
+    """GiB of parameters and buffers of the UNet, the autoencoder and the conditioner."""
+    def gib(module):
+        tensors = [*module.parameters(), *module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+    return {"unet_weights_gib": gib(model.model), "vae_weights_gib": gib(model.first_stage_model),
+            "conditioner_weights_gib": gib(model.conditioner)}
+
+
+def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrides: list[str], steps: int) -> dict:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    config = load_config(CONFIGS[stage], ["model.params.trained_param_keys=[all]"])
+    overrides = ["model.params.ckpt_path=null", f"model.params.compile_unet={str(compile_unet).lower()}", *overrides]
+    config = load_config(CONFIGS[stage], overrides)
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
     model.train()
@@ -49,18 +61,52 @@ def measure(stage: int, precision: str, fused: bool, steps: int) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     batch = make_batch(model, device)
 
-    def step():
+    def forward():
         with torch.autocast("cuda", dtype=dtype):
-            loss = model.shared_step(batch)
+            return model.shared_step(batch)
+
+    def backward(loss):
         scaler.scale(loss).backward()
+
+    def update():
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+    def step():
+        loss = forward()
+        backward(loss)
+        update()
         return loss
 
-    for _ in range(2):  # warm-up: optimizer states, kernels, allocator
-        step()
     torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()  # warm-up: optimizer states, kernels, compilation, allocator
+    torch.cuda.synchronize()
+    first_step = time.perf_counter() - start
+    step()
+
+    phases = {}  # one more step, phase by phase: time and peak memory of each phase
+
+    def record(phase: str, began: float) -> float:
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        phases[f"{phase}_s"] = now - began
+        phases[f"peak_{phase}_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return now
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    loss = forward()
+    began = record("forward", began)
+    backward(loss)
+    began = record("backward", began)
+    update()
+    record("update", began)
+    held = torch.cuda.memory_allocated() / 2**30
+
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
@@ -70,9 +116,11 @@ def measure(stage: int, precision: str, fused: bool, steps: int) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     assert torch.isfinite(loss), "non-finite loss"
-    return {"stage": stage, "precision": precision, "fused_adam": fused, "step_s": statistics.median(times),
-            "step_s_min": min(times), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "trained_params": sum(p.numel() for p in model.trained_parameters()),
+    return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile_unet,
+            "overrides": " ".join(overrides[2:]) or "-",
+            "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "held_between_steps_gib": held, **phases,
+            **weight_memory(model), "trained_params": sum(p.numel() for p in model.trained_parameters()),
             "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": date.today().isoformat()}
 
 
@@ -81,11 +129,13 @@ def main() -> None:
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16")
     parser.add_argument("--fused_adam", action="store_true", help="torch's fused AdamW kernel")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (model.params.compile_unet)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
     require_cuda()
-    report(measure(args.stage, args.precision, args.fused_adam, args.steps), args.json)
+    report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.set, args.steps), args.json)
 
 
 if __name__ == "__main__":

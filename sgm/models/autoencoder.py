@@ -70,7 +70,7 @@ class AutoencoderKL(nn.Module):
             (``.parameters`` = moments, ``.mode()`` = mean) and ``generator`` is unused.
         """
         dist = self.posterior(x)
-        return dist if return_dist else self._latent(dist, generator)
+        return dist if return_dist else self.latent_of(dist, generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (N, embed_dim, h, w) -> images (N, out_ch, h*f, w*f)."""
@@ -85,9 +85,9 @@ class AutoencoderKL(nn.Module):
             (reconstruction (N, out_ch, H, W), posterior).
         """
         dist = self.posterior(x)
-        return self.decode(self._latent(dist, generator)), dist
+        return self.decode(self.latent_of(dist, generator)), dist
 
-    def _latent(self, dist: DiagonalGaussianDistribution, generator: torch.Generator | None) -> torch.Tensor:
+    def latent_of(self, dist: DiagonalGaussianDistribution, generator: torch.Generator | None) -> torch.Tensor:
         """The latent that :meth:`encode` returns for ``dist``: a sample, or the mean for mode-only."""
         return dist.sample(generator) if self.sample_posterior else dist.mode()
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..checkpoint import load_checkpoint
 from ..modules.diffusionmodules.guiders import in_two_halves
+from ..modules.distributions.distributions import DiagonalGaussianDistribution
 from ..modules.diffusionmodules.wrappers import OpenAIWrapper
 from ..util import instantiate_from_config
 
@@ -65,6 +66,11 @@ class DiffusionEngine(pl.LightningModule):
         scale_factor: latent multiplier (SD VAE: 0.18215).
         disable_first_stage_autocast: run the VAE outside autocast, in its own dtype.
         en_and_decode_n_samples_a_time: VAE chunk size in frames (default: all at once).
+        encode_n_samples_a_time: frames per encoder call (default: ``en_and_decode_n_samples_a_time``).
+            The encoder sees each frame on its own and the posterior is sampled once for all
+            chunks, so any value gives the same latents; small values cut the memory of
+            float32 encoding (16 frames at 512 px need about 14 GiB at once).
+        compile_unet: ``torch.compile`` the UNet (slow first step, faster later ones).
         num_samples: T, frames per clip.
         trained_param_keys: UNet parameter-name substrings to train (``["all"]`` for all);
             the rest of the UNet is frozen.
@@ -86,6 +92,8 @@ class DiffusionEngine(pl.LightningModule):
         scale_factor: float = 1.0,
         disable_first_stage_autocast: bool = False,
         en_and_decode_n_samples_a_time: int | None = None,
+        encode_n_samples_a_time: int | None = None,
+        compile_unet: bool = False,
         num_samples: int = 16,
         trained_param_keys: Sequence[str] = ("all",),
         ckpt_path: str | None = None,
@@ -104,6 +112,7 @@ class DiffusionEngine(pl.LightningModule):
         self.scale_factor = scale_factor
         self.disable_first_stage_autocast = disable_first_stage_autocast
         self.chunk_size = en_and_decode_n_samples_a_time
+        self.encode_chunk_size = encode_n_samples_a_time or en_and_decode_n_samples_a_time
         self.num_samples = num_samples
         self.trained_param_keys = list(trained_param_keys)
         self.log_keys = [log_keys] if isinstance(log_keys, str) else list(log_keys or ())
@@ -111,6 +120,8 @@ class DiffusionEngine(pl.LightningModule):
         self._freeze_untrained_unet_parameters()
         if ckpt_path is not None:
             load_checkpoint(self, ckpt_path, allow_missing=ckpt_allow_missing)
+        if compile_unet:
+            self.model.diffusion_model.compile()
 
     # ------------------------------------------------------------------ parameters
     def _freeze_untrained_unet_parameters(self) -> None:
@@ -142,12 +153,16 @@ class DiffusionEngine(pl.LightningModule):
 
     @torch.no_grad()
     def encode_first_stage(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled posterior samples (N, 4, H/8, W/8) of frames (N, 3, H, W) in [-1, 1]."""
-        chunk = self.chunk_size or frames.shape[0]
+        """Scaled posterior samples (N, 4, H/8, W/8) of frames (N, 3, H, W) in [-1, 1].
+
+        The posterior moments are computed ``encode_n_samples_a_time`` frames at a time, then
+        sampled in one draw: the latents do not depend on the chunk size.
+        """
+        chunk = self.encode_chunk_size or frames.shape[0]
+        vae = self.first_stage_model
         with self._vae_context(frames.device):
-            latents = [self.first_stage_model.encode(part.to(self._vae_dtype()), generator=generator)
-                       for part in frames.split(chunk)]
-        return torch.cat(latents) * self.scale_factor
+            moments = torch.cat([vae.posterior(part.to(self._vae_dtype())).parameters for part in frames.split(chunk)])
+        return vae.latent_of(DiagonalGaussianDistribution(moments), generator) * self.scale_factor
 
     @torch.no_grad()
     def decode_first_stage(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:

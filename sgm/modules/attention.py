@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from sgm.modules.diffusionmodules.util import maybe_checkpoint, zero_module
+from sgm.modules.diffusionmodules.util import GroupNorm32, LayerNorm, maybe_checkpoint, zero_module
 
 ATTENTION_TYPES = ("softmax", "softmax-xformers")
 
@@ -159,9 +159,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout, attn_type)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout, attn_type)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
         self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +195,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         inner = n_heads * d_head
         self.in_channels = in_channels
-        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.norm = GroupNorm32(32, in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, n_heads, d_head, dropout, context_dim, attn_type, use_checkpoint)

@@ -9,7 +9,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from sgm.modules.attention import CrossAttention, FeedForward, SpatialTransformer
-from sgm.modules.diffusionmodules.util import AlphaBlender, maybe_checkpoint, timestep_embedding
+from sgm.modules.diffusionmodules.util import AlphaBlender, LayerNorm, maybe_checkpoint, timestep_embedding
 
 
 class VideoTransformerBlock(nn.Module):
@@ -32,17 +32,17 @@ class VideoTransformerBlock(nn.Module):
         disable_temporal_crossattention: bool = False,
     ):
         super().__init__()
-        self.norm_in = nn.LayerNorm(dim)
+        self.norm_in = LayerNorm(dim)
         self.ff_in = FeedForward(dim, dropout=dropout)
         self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout, attn_type)
         self.ff = FeedForward(dim, dropout=dropout)
         if disable_temporal_crossattention:
             self.attn2 = None
         else:
-            self.norm2 = nn.LayerNorm(dim)
+            self.norm2 = LayerNorm(dim)
             self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout, attn_type)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
         self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor | None = None) -> torch.Tensor:

