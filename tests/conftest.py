@@ -26,3 +26,25 @@ def manifest() -> dict:
     if not path.is_file():
         pytest.fail(f"state-dict manifest not found at {path} (set HI3D_REFERENCE_DIR)")
     return json.loads(path.read_text())
+
+
+def small_demo_configs(folder: Path, size1: int = 64, size2: int = 128) -> tuple[Path, Path]:
+    """The demo configs at smaller resolutions (same networks), written to ``folder``: fast CPU runs."""
+    from omegaconf import OmegaConf
+
+    paths = []
+    for name, size in (("demo-v01.yaml", size1), ("demo-v02.yaml", size2)):
+        config = OmegaConf.load(ROOT / "configs" / name)
+        config.model.params.resolution = size
+        OmegaConf.save(config, folder / name)
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose optional tool is absent; under CI (``$CI`` set) fail instead, since CI installs it."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing, and CI is set: .ci/run must install it")
+    pytest.skip(f"{what} is not installed")

@@ -129,7 +129,7 @@ class JobRunner:
 
         with self._lock:
             if progress is not None:
-                progress(0.0, f"{title}: loading the models" if self._pipeline is None else f"{title}: starting")
+                progress(0.0, f"{title}: starting (a stage's first run loads its model)")
             pipe = self.pipeline()
             try:
                 result = pipe(image, folder, elevation_deg=job.elevation, seed=seed, num_steps=num_steps,

@@ -1,0 +1,127 @@
+"""The Python API as one object: models built once, the CLI equal to the API, from_pretrained,
+guidance, image-size checks and what a result exposes (tiny demo configs, CPU)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sgm.pipelines.hi3d as hi3d
+from conftest import ROOT, small_demo_configs
+from sgm.pipelines.errors import MissingCheckpointError
+from sgm.pipelines.hi3d import Hi3DPipeline
+from sgm.pipelines.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
+
+STEPS = 1
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> tuple[Path, Path]:
+    return small_demo_configs(tmp_path_factory.mktemp("configs"))
+
+
+@pytest.fixture(scope="module")
+def pipe(configs) -> Hi3DPipeline:
+    return Hi3DPipeline.from_configs(*configs, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image_path() -> Path:
+    return ROOT / "demo" / "object_a_elev10.png"
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_models_are_built_once_across_calls(configs, image_path, tmp_path, monkeypatch):
+    built = []
+    real_loader = hi3d.load_stage_model
+
+    def counting_loader(spec, *args, **kwargs):  # pass-through spy on the real loader
+        built.append(spec.config.name)
+        return real_loader(spec, *args, **kwargs)
+
+    monkeypatch.setattr(hi3d, "load_stage_model", counting_loader)
+    pipe = Hi3DPipeline.from_configs(*configs, device="cpu")
+    first = pipe(image_path, tmp_path / "one", elevation_deg=10, seed=1, num_steps=STEPS)
+    models = pipe.model("orbit"), pipe.model("refine")
+    second = pipe(image_path, tmp_path / "two", elevation_deg=20, seed=2, num_steps=STEPS)
+    assert sorted(built) == ["demo-v01.yaml", "demo-v02.yaml"]  # one build per stage for both calls
+    assert pipe.model("orbit") is models[0] and pipe.model("refine") is models[1]
+    assert not np.array_equal(first.orbit.pixels, second.orbit.pixels)  # the second call did run
+
+
+def test_cli_output_equals_api_output_byte_for_byte(pipe, configs, image_path, tmp_path):
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    command = [sys.executable, "scripts/run_hi3d.py", "--stage1_config", str(configs[0]), "--stage2_config",
+               str(configs[1]), "--image_path", str(image_path), "--output_dir", str(cli_out), "--elevation", "20",
+               "--seed", "11", "--num_steps", str(STEPS), "--max_cfg", "1.5", "--device", "cpu"]
+    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    pipe(image_path, api_out, elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
+    cli, api = digest_tree(cli_out), digest_tree(api_out)
+    assert "second_step_video/second.mp4" in cli and len(cli) > 30
+    assert cli == api
+
+
+def test_from_pretrained_names_every_missing_file(tmp_path):
+    with pytest.raises(MissingCheckpointError) as info:
+        Hi3DPipeline.from_pretrained(tmp_path, device="cpu")
+    message = str(info.value)
+    assert "first_stage.pt" in message and "second_stage.pt" in message and "ckpts/README.md" in message
+    (tmp_path / "first_stage.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as info:  # MissingCheckpointError is a FileNotFoundError (CLI exit 2)
+        Hi3DPipeline.from_pretrained(tmp_path, device="cpu")
+    assert "second_stage.pt" in str(info.value) and "first_stage.pt" not in str(info.value)
+
+
+def test_from_pretrained_uses_the_inference_configs_and_the_folder(tmp_path):
+    for name in ("first_stage.pt", "second_stage.pt"):
+        (tmp_path / name).write_bytes(b"")
+    pipe = Hi3DPipeline.from_pretrained(tmp_path, device="cpu")  # builds nothing yet
+    assert pipe.specs["orbit"].config == ROOT / "configs" / "inference-v01.yaml"
+    assert pipe.specs["refine"].config == ROOT / "configs" / "inference-v02.yaml"
+    assert pipe.specs["orbit"].checkpoint == tmp_path / "first_stage.pt"
+    assert pipe.specs["refine"].checkpoint == tmp_path / "second_stage.pt"
+    assert not pipe.is_untrained("orbit")
+
+
+def test_result_exposes_views_videos_and_mesh_path_and_guidance_reaches_both_stages(pipe, image_path, tmp_path):
+    # the guidance of each model as its sampler steps (the untrained demo UNets output zeros, so
+    # guidance cannot show in their pixels: read it where the sampler uses it)
+    scales = []
+
+    def record(step, total):
+        orbit, refine = pipe.model("orbit").sampler.guider, pipe.model("refine").sampler.guider
+        scales.append((float(orbit.frame_scales[0]), float(orbit.frame_scales[-1]), float(refine.frame_scales[-1])))
+
+    result = pipe(Image.open(image_path), tmp_path / "out", elevation_deg=10, seed=0, num_steps=STEPS,
+                  min_cfg=1.25, max_cfg=3.0, callback=record)
+    assert scales == [(1.25, 3.0, 2.0)] * STEPS + [(1.0, 2.5, 3.0)] * STEPS  # stage 1, then stage 2
+    assert float(pipe.model("refine").sampler.guider.frame_scales[-1]) == 2.0  # the config's again after the call
+    assert len(result.orbit.images) == 16 and result.orbit.images[3].size == (64, 64)
+    assert result.refined.images[0].mode == "RGB" and result.refined.images[0].size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(result.orbit.images[5]), result.orbit.pixels[5])
+    assert result.videos == {"orbit": tmp_path / "out" / "first_step" / "first.mp4",
+                             "refine": tmp_path / "out" / "second_step_video" / "second.mp4"}
+    assert all(path.is_file() for path in result.videos.values())
+    assert result.mesh_path is None  # the mesh stage did not run
+
+
+def test_image_size_is_checked_before_any_work(pipe, tmp_path):
+    with pytest.raises(InputImageError, match="too small"):
+        pipe.run_orbit(Image.new("RGBA", (MIN_IMAGE_SIDE - 1, 300)), tmp_path / "small")
+    large = tmp_path / "large.png"
+    Image.new("L", (MAX_IMAGE_SIDE + 1, MIN_IMAGE_SIDE)).save(large)
+    with pytest.raises(InputImageError, match="too large"):
+        pipe.run_orbit(large, tmp_path / "large")
+    assert not (tmp_path / "small" / "first_step").exists() and not (tmp_path / "large" / "first_step").exists()
