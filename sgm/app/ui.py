@@ -153,12 +153,12 @@ def build_page(handlers: Handlers, notice: str, title: str = "Hi3D") -> gr.Block
             with gr.Column(scale=2):
                 run1 = gr.Button("1. Generate orbit", variant="primary", elem_id="run_orbit")
                 with gr.Row():
-                    gallery1 = gr.Gallery(label="Stage 1: 16 orbit views", columns=4, height=520, scale=3,
+                    gallery1 = gr.Gallery(label="Stage 1: 16 orbit views", columns=4, height=620, scale=3,
                                           elem_id="orbit_gallery")
                     video1 = gr.Video(label="Orbit video", height=240, scale=1, elem_id="orbit_video")
                 run2 = gr.Button("2. Refine", elem_id="run_refine")
                 with gr.Row():
-                    gallery2 = gr.Gallery(label="Stage 2: refined views", columns=4, height=520, scale=3,
+                    gallery2 = gr.Gallery(label="Stage 2: refined views", columns=4, height=620, scale=3,
                                           elem_id="refined_gallery")
                     video2 = gr.Video(label="Refined video", height=240, scale=1, elem_id="refined_video")
                 run3 = gr.Button("3. Make 3D model", elem_id="run_mesh")
