@@ -23,17 +23,25 @@ import torch
 
 from report import report, require_cuda
 from sgm.config import build_model, load_config
+from sgm.data.degradations import DegradationConfig, sample_clip_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {1: ROOT / "configs" / "train-v01.yaml", 2: ROOT / "configs" / "train-v02.yaml"}
 
 
-def make_batch(model, device: torch.device) -> dict:
+def make_batch(model, stage: int, device: torch.device) -> dict:
+    """One random clip with the keys the stage's training data gives (stage 2: masks and blur kernels)."""
     size, frames = model.resolution, model.num_samples
     generator = torch.Generator(device).manual_seed(0)
     video = torch.rand(1, 3, frames, size, size, device=device, generator=generator) * 2 - 1
-    return {"video": video, "elevation": torch.tensor([10.0], device=device),
-            "image_only_indicator": torch.zeros(1, frames, device=device), "num_video_frames": frames}
+    batch = {"video": video, "elevation": torch.tensor([10.0], device=device),
+             "image_only_indicator": torch.zeros(1, frames, device=device), "num_video_frames": frames}
+    if stage == 2:
+        kernels = sample_clip_kernels(frames, DegradationConfig(), torch.Generator().manual_seed(0))
+        batch.update({"masks": torch.ones(1, frames, size, size, device=device),
+                      "kernel1s": kernels.kernel1[None].to(device), "kernel2s": kernels.kernel2[None].to(device),
+                      "sinc_kernels": kernels.sinc[None].to(device)})
+    return batch
 
 
 def weight_memory(model) -> dict[str, float]:
@@ -59,7 +67,7 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     optimizer = torch.optim.AdamW(model.trained_parameters(), lr=1e-5, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    batch = make_batch(model, device)
+    batch = make_batch(model, stage, device)
 
     def forward():
         with torch.autocast("cuda", dtype=dtype):

@@ -19,6 +19,7 @@ from sgm.config import load_config
 from sgm.util import instantiate_from_config
 
 from bench_inference import CONFIGS
+from report import redraw_zero_parameters
 
 
 def build_unet(stage: int) -> tuple[torch.nn.Module, dict]:
@@ -27,10 +28,7 @@ def build_unet(stage: int) -> tuple[torch.nn.Module, dict]:
     with torch.device("cuda"):
         unet = instantiate_from_config(params.network_config)
     unet = unet.half().eval()
-    with torch.no_grad():  # zero-initialised output layers would make every output 0: redraw them
-        for param in unet.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.02, generator=torch.Generator("cuda").manual_seed(param.numel()))
+    redraw_zero_parameters(unet)
     size = {1: 64, 2: 128}[stage]
     gen = torch.Generator("cuda").manual_seed(0)
     channels = params.network_config.params.in_channels
