@@ -12,7 +12,7 @@ from typing import Callable
 
 from .checkpoint import CheckpointError
 from .pipelines.errors import UsageError
-from .pipelines.loading import DeviceError
+from .pipelines.loading import COMPILE_CHOICES, DeviceError
 from .pipelines.outputs import OutputExistsError
 from .util import ConfigError
 
@@ -37,7 +37,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = Tr
     parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
     parser.add_argument("--low_memory", action="store_true",
                         help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first call)")
+    parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                        help="torch.compile the UNet: auto (default: on CUDA unless --low_memory), on, off; "
+                             "the first call of a process compiles for about 2 minutes")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
 
 

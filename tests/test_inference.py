@@ -1,6 +1,7 @@
 """Stage-1 and stage-2 inference end to end on the tiny demo configs, and every error path."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -17,10 +18,11 @@ from safetensors.torch import save_file
 
 from conftest import ROOT
 from sgm.checkpoint import CheckpointError
+from sgm.cli import add_sampling_args
 from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.images import InputImageError, read_image, remove_background, resize_and_center_crop
-from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_device
+from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_compile, resolve_device
 from sgm.pipelines.outputs import OutputExistsError
 from sgm.pipelines.video_io import read_mp4, write_mp4
 
@@ -181,6 +183,27 @@ def test_checkpoint_is_loaded_when_given(demo_configs, tmp_path):
 def test_cuda_requested_but_absent():
     with pytest.raises(DeviceError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_compile_is_the_cuda_default_except_in_low_memory_mode():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile("auto", cuda, low_memory=False)
+    assert not resolve_compile("auto", cuda, low_memory=True)
+    assert not resolve_compile("auto", cpu, low_memory=False)
+    assert resolve_compile("on", cpu, low_memory=True) and not resolve_compile("off", cuda, low_memory=False)
+    assert resolve_compile(True, cpu, low_memory=False) and not resolve_compile(False, cuda, low_memory=False)
+    with pytest.raises(UsageError, match="compile must be one of"):
+        resolve_compile("yes", cuda, low_memory=False)
+
+
+def test_compile_flag_values():
+    parser = argparse.ArgumentParser()
+    add_sampling_args(parser)
+    required = ["--image_path", "x.png", "--output_dir", "out"]
+    assert parser.parse_args(required).compile == "auto"
+    assert parser.parse_args(required + ["--compile"]).compile == "on"
+    assert parser.parse_args(required + ["--compile", "off"]).compile == "off"
+    assert Hi3DPipeline(None, device="cpu", compile="auto").compile is False
 
 
 def test_resize_and_center_crop_follows_the_official_rounding():

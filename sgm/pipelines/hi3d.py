@@ -38,6 +38,7 @@ from .loading import (
     ExecutionPlan,
     ModelSpec,
     compile_unet,
+    resolve_compile,
     load_stage_model,
     resolve_checkpoint,
     resolve_device,
@@ -101,7 +102,9 @@ class Hi3DPipeline:
         use_rembg: remove the background of RGB inputs with rembg when it is installed.
         low_memory: keep the models on the CPU and move each part to ``device`` only for its
             phase, with half-size guided UNet calls and one-frame decoding (same outputs).
-        compile: compile the UNet with ``torch.compile`` (slow first call, faster later ones).
+        compile: "auto" (compile the UNet with ``torch.compile`` on CUDA unless ``low_memory``),
+            "on" or "off" (see :func:`~sgm.pipelines.loading.resolve_compile`): a slow first
+            call, faster later ones.
 
     Models are built on first use and kept for later calls.
     """
@@ -114,14 +117,14 @@ class Hi3DPipeline:
         dtype: str | None = "auto",
         use_rembg: bool = True,
         low_memory: bool = False,
-        compile: bool = False,
+        compile: str | bool = "auto",
     ):
         self.specs = {"orbit": stage1, "refine": stage2}
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.use_rembg = use_rembg
         self.plan = ExecutionPlan(self.device, low_memory)
-        self.compile = compile
+        self.compile = resolve_compile(compile, self.device, low_memory)
         self._models: dict[str, torch.nn.Module] = {}
 
     @classmethod
