@@ -15,7 +15,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from sgm.pipelines.loading import COMPILE_CHOICES
+    from sgm.cli import add_execution_args
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
@@ -26,14 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="serve the tiny untrained demo models even if checkpoints exist")
     parser.add_argument("--stage1_config", default=None, help="stage-1 config (overrides the checkpoint folder)")
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (overrides the checkpoint folder)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
-    parser.add_argument("--low_memory", action="store_true",
-                        help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
-    parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
-                        help="torch.compile the UNets: auto (default: on CUDA unless --low_memory), on, off; "
-                             "the first job then compiles for about 2 minutes per stage")
-    parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
+    add_execution_args(parser)
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
     parser.add_argument("--output_root", default="outputs/app", help="folder holding one subfolder per job")
     parser.add_argument("--mesh_iterations", type=int, default=None,
@@ -49,12 +42,12 @@ def main(argv=None) -> None:
     from sgm.app.jobs import JobRunner
     from sgm.app.models import choose_models, mesh_settings
     from sgm.app.ui import Handlers, serve
+    from sgm.cli import pipeline_options
     from sgm.pipelines.loading import resolve_device
 
     choice = choose_models(args.ckpt_dir or "ckpts", demo=args.demo, stage1_config=args.stage1_config,
                            stage2_config=args.stage2_config, ckpt_dir_given=args.ckpt_dir is not None,
-                           device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg,
-                           low_memory=args.low_memory, compile=args.compile)
+                           **pipeline_options(args))
     mesh_config = mesh_settings(resolve_device(args.device).type == "cuda", args.mesh_iterations,
                                 args.mesh_resolution)
     runner = JobRunner(choice.factory, args.output_root, mesh_config)

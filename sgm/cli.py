@@ -32,15 +32,20 @@ def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = Tr
     parser.add_argument("--num_steps", type=int, default=None, help="sampling steps (default: the config's, 25)")
     parser.add_argument("--min_cfg", type=float, default=None, help="guidance scale of frame 0 (default: the config's, 1.0)")
     parser.add_argument("--max_cfg", type=float, default=None, help="guidance scale of the last frame (default: the config's)")
+    add_execution_args(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
+
+
+def add_execution_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how the models run: flags shared by the command lines and the web app."""
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
     parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
     parser.add_argument("--low_memory", action="store_true",
                         help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
     parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
-                        help="torch.compile the UNet: auto (default: on CUDA unless --low_memory), on, off; "
-                             "the first call of a process compiles for about 2 minutes")
-    parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
+                        help="torch.compile the UNets: auto (default: on CUDA unless --low_memory), on, off; "
+                             "the first call of a process compiles for about 2 minutes per stage")
 
 
 def pipeline_options(args: argparse.Namespace) -> dict:
