@@ -125,3 +125,17 @@ def test_image_size_is_checked_before_any_work(pipe, tmp_path):
     with pytest.raises(InputImageError, match="too large"):
         pipe.run_orbit(large, tmp_path / "large")
     assert not (tmp_path / "small" / "first_step").exists() and not (tmp_path / "large" / "first_step").exists()
+
+
+def test_the_mesh_stage_forwards_the_step_callback_to_the_reconstruction(tmp_path, monkeypatch):
+    def fake_reconstruct(views, elevation_deg, output_dir, **kwargs):  # reports 3 steps, writes nothing
+        for step in range(3):
+            kwargs["callback"](step, 3)
+        return f"mesh of {views}"
+
+    monkeypatch.setattr(hi3d, "reconstruct", fake_reconstruct)
+    pipe = Hi3DPipeline(None, None, device="cpu")  # the mesh stage needs no diffusion model
+    steps = []
+    assert pipe.run_mesh(tmp_path, 10, callback=lambda step, total: steps.append((step, total))) == f"mesh of {tmp_path}"
+    result = pipe(None, tmp_path, elevation_deg=10, stages=("mesh",), callback=lambda *step: steps.append(step))
+    assert result.mesh == f"mesh of {tmp_path}" and steps == [(0, 3), (1, 3), (2, 3)] * 2

@@ -6,6 +6,7 @@ import importlib.util
 import threading
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from sgm.app.jobs import JOB_ID, Job, JobRunner, user_message
 from sgm.app.models import choose_models
 from sgm.app.validation import Settings, validate_upload
 from sgm.pipelines.errors import MissingCheckpointError, UsageError
-from sgm.pipelines.hi3d import Hi3DPipeline
+from sgm.pipelines.hi3d import Hi3DPipeline, Hi3DResult
 from sgm.pipelines.images import InputImageError
 
 MB = 2**20
@@ -166,3 +167,24 @@ def test_handlers_report_errors_in_the_status_and_keep_serving(tmp_path, configs
     gallery, video, *_, job, status = working.orbit(str(image), 0, 0, 1, 2.5)
     assert len(gallery) == 16 and Path(video).is_file() and "Stage 1 done" in status
     assert Path(gallery[0][0]).parent.parent.parent == job.folder and job.folder.parent == tmp_path / "out"
+
+
+def test_the_3d_step_reports_the_reconstruction_steps_to_the_progress_bar(tmp_path):
+    require(importlib.util.find_spec("gradio") is not None, "gradio (pip install -e .[app])")
+    from sgm.app.ui import Handlers
+
+    class ReconstructingPipeline:  # stands in for Hi3DPipeline: its mesh stage reports 4 steps
+        def __call__(self, image, output_dir, *, stages, callback, **kwargs):
+            assert stages == ("mesh",)
+            for step in range(4):
+                callback(step, 4)
+            return Hi3DResult(output_dir, mesh=SimpleNamespace(mesh_glb=output_dir / "3d" / "mesh.glb"))
+
+    handlers = Handlers(JobRunner(ReconstructingPipeline, tmp_path / "out"), 20 * MB)
+    job = handlers.runner.new_job(10.0)
+    job.done |= {"orbit", "refine"}
+    reports = []
+    model, glb, _, status = handlers.mesh(job, lambda fraction, desc: reports.append((fraction, desc)))
+    assert [fraction for fraction, _ in reports] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert reports[0][1].startswith("3D model: starting") and reports[-1][1] == "3D model: step 4 of 4"
+    assert model == glb == str(job.folder / "3d" / "mesh.glb") and "3D model done" in status

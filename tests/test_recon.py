@@ -28,6 +28,7 @@ from sgm.recon.mesh import (
 from sgm.recon.metrics import mesh_metrics, normalize_mesh, psnr, ssim, volume_iou, voxelize
 from sgm.recon.novel_views import novel_view_angles
 from sgm.recon.rasterize import gsplat_available, render, resolve_backend, view_camera
+from sgm.recon.reconstruct import ReconstructConfig, reconstruct, reconstruct_steps
 from sgm.recon.views import ViewError, load_views, resize_views, validate_views
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,6 +339,30 @@ def test_mesh_metrics_after_normalisation():
     assert math.isclose(ball_in_box, math.pi / 6, abs_tol=0.03)  # unit ball volume / unit cube volume
     solid = voxelize(normalize_mesh(cube), 16)  # voxel centres at +-0.52 lie outside the unit cube
     assert solid[1:15, 1:15, 1:15].all() and not solid[0].any() and not solid[..., 15].any()
+
+
+# ----------------------------------------------------------------------------- whole reconstruction
+
+
+def test_reconstruct_reports_every_step_in_order_up_to_the_total(tmp_path):
+    views = load_views(_write_views(tmp_path / "views", _disc_views()), 0.0)
+    config = ReconstructConfig(fit=FitConfig(iterations=5, num_init=200, init_resolution=24, backend="torch"),
+                               resolution=None, num_novel_views=3, mesh_resolution=24)
+    calls = []
+    result = reconstruct(views, 0.0, tmp_path / "3d", config, device="cpu", progress=False,
+                         callback=lambda step, total: calls.append((step, total, result_files(tmp_path / "3d"))))
+    total = reconstruct_steps(config, 16)
+    assert total == 5 + 3 + (16 + 2 * 19 + 1) + 1  # fit steps, novel views, meshing, writing
+    assert [step for step, _, _ in calls] == list(range(total)) and {t for _, t, _ in calls} == {total}
+    # the phases in order: fit and novel views, then (views written) the meshing, then the files at the last step
+    files = [names for _, _, names in calls]
+    assert files[5 + 3 - 1] == set() and files[5 + 3] == files[-2] == {"views", "masks"}
+    assert {"mesh.glb", "mesh.obj", "gaussians.pt", "report.json"} <= files[-1]
+    assert result.mesh_glb.is_file() and len(result.mesh.faces) > 0
+
+
+def result_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 def test_reconstruct_script_reports_bad_input(tmp_path, capsys):

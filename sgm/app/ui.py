@@ -28,6 +28,7 @@ import gradio as gr  # noqa: E402
 log = logging.getLogger(__name__)
 DEVICE_QUEUE = "device"  # concurrency id shared by every event that runs a model
 ERROR_PREFIX = "**Error:**"
+GLB_MIN_WIDTH = 300  # pixels: the download's name, size and padding fit in one row
 CSS = """
 #notice { background: #fff4d6; border: 1px solid #e6b800; border-radius: 6px; padding: 4px 12px; }
 #status { min-height: 3em; }
@@ -165,7 +166,10 @@ def build_page(handlers: Handlers, notice: str, title: str = "Hi3D") -> gr.Block
                 with gr.Row():
                     model3d = gr.Model3D(label="3D model", clear_color=(1.0, 1.0, 1.0, 1.0), height=320, scale=3,
                                          elem_id="model3d")
-                    glb = gr.File(label="Download mesh.glb", interactive=False, scale=1, elem_id="glb_file")
+                    # in a narrower column Gradio shrinks the file name away first ("mesh.glb" showed as ".g");
+                    # where the row has no room for GLB_MIN_WIDTH it wraps the file below the viewer
+                    glb = gr.File(label="Download mesh.glb", interactive=False, scale=1, min_width=GLB_MIN_WIDTH,
+                                  elem_id="glb_file")
 
         def on_orbit(path, elevation_value, seed_value, steps_value, guidance_value, progress=gr.Progress()):
             return handlers.orbit(path, elevation_value, seed_value, steps_value, guidance_value, progress)
@@ -173,7 +177,7 @@ def build_page(handlers: Handlers, notice: str, title: str = "Hi3D") -> gr.Block
         def on_refine(job_value, seed_value, steps_value, guidance_value, progress=gr.Progress()):
             return handlers.refine(job_value, seed_value, steps_value, guidance_value, progress)
 
-        def on_mesh(job_value, progress=gr.Progress(track_tqdm=True)):
+        def on_mesh(job_value, progress=gr.Progress()):
             return handlers.mesh(job_value, progress)
 
         queued = dict(concurrency_limit=1, concurrency_id=DEVICE_QUEUE)

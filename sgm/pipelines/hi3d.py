@@ -256,13 +256,17 @@ class Hi3DPipeline:
 
     def run_mesh(
         self, output_dir: str | Path, elevation_deg: float = 0.0, overwrite: bool = False,
-        config: ReconstructConfig | None = None,
+        config: ReconstructConfig | None = None, callback: StepCallback | None = None,
     ) -> ReconstructResult:
         """3D: fit Gaussians to the refined views of ``output_dir``, render novel views, write
-        ``OUT/3d/mesh.glb`` and ``mesh.obj`` (see :func:`sgm.recon.reconstruct.reconstruct`)."""
+        ``OUT/3d/mesh.glb`` and ``mesh.obj`` (see :func:`sgm.recon.reconstruct.reconstruct`).
+
+        ``callback(step_index, total_steps)`` follows every step of the reconstruction (the Gaussian
+        fit's iterations, the novel views, the meshing; see :func:`~sgm.recon.reconstruct.reconstruct`).
+        """
         layout = OutputLayout(Path(output_dir))
         return reconstruct(layout.root, elevation_deg, layout.mesh_dir, config=config or ReconstructConfig(),
-                           device=self.device, overwrite=overwrite)
+                           device=self.device, overwrite=overwrite, callback=callback)
 
     def __call__(
         self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
@@ -274,6 +278,9 @@ class Hi3DPipeline:
 
         ``min_cfg`` / ``max_cfg`` (guidance of the first / last frame) apply to both diffusion
         stages; None keeps each config's values. ``image`` is only read by the "orbit" stage.
+        ``callback(step_index, total_steps)`` is called after each step of every stage that runs
+        (sampler steps of the two diffusion stages, reconstruction steps of "mesh"); each stage
+        counts its own steps from 0.
         In low-memory mode cached GPU memory is released after each stage.
         """
         unknown = set(stages) - set(STAGES)
@@ -289,7 +296,7 @@ class Hi3DPipeline:
             result.refined = self.run_refine(output_dir, **common)
             self._after_stage()
         if "mesh" in stages:
-            result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config)
+            result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config, callback)
             self._after_stage()
         return result
 

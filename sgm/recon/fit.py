@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.gaussians import GaussianScene, init_from_views
 from sgm.recon.metrics import ssim
 from sgm.recon.rasterize import render, resolve_backend, view_camera
@@ -167,10 +168,12 @@ def photometric_loss(color: torch.Tensor, alpha: torch.Tensor, image: torch.Tens
 
 
 def fit_gaussians(views: ViewSet, config: FitConfig = FitConfig(), device: torch.device | str = "cpu",
-                  progress: bool = True, initial: GaussianScene | None = None) -> FitResult:
+                  progress: bool = True, initial: GaussianScene | None = None,
+                  callback: StepCallback | None = None) -> FitResult:
     """Fit a Gaussian scene to ``views`` (initialised from their visual hull unless ``initial`` is given).
 
-    Deterministic for a given ``config.seed`` on the CPU back-end.
+    Deterministic for a given ``config.seed`` on the CPU back-end. ``progress`` shows a tqdm bar;
+    ``callback`` is called as ``callback(step_index, config.iterations)`` after each optimisation step.
     """
     device = torch.device(device)
     backend = resolve_backend(config.backend, device)
@@ -213,6 +216,8 @@ def fit_gaussians(views: ViewSet, config: FitConfig = FitConfig(), device: torch
             grad_sum = torch.zeros(len(scene), device=device)
             seen = torch.zeros(len(scene), device=device)
             result.counts.append(len(scene))
+        if callback is not None:
+            callback(step, config.iterations)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", gaussians=len(scene))
     result.scene = scene.detached()

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh
 from sgm.recon.gaussians import grid_points, project_view, sample_views
@@ -191,7 +192,8 @@ class TSDFVolume:
 
 
 def fuse_depths(depths: np.ndarray, foreground: np.ndarray, cameras: OrbitCameras, resolution: int = 128,
-                bound: float = 0.75, truncation_voxels: float = 3.0, min_free_views: int = 3) -> TSDFVolume:
+                bound: float = 0.75, truncation_voxels: float = 3.0, min_free_views: int = 3,
+                callback: StepCallback | None = None) -> TSDFVolume:
     """Fuse per-view depth maps into a TSDF (see the module docstring).
 
     Args:
@@ -202,6 +204,7 @@ def fuse_depths(depths: np.ndarray, foreground: np.ndarray, cameras: OrbitCamera
         resolution: voxels per axis; ``bound``: half side of the cube, world units.
         truncation_voxels: truncation distance in voxels.
         min_free_views: depth maps that must agree before a voxel with no other evidence is empty.
+        callback: called as ``callback(view_index, num_views)`` after each view is fused.
     """
     points = grid_points(resolution, bound).reshape(-1, 3)
     truncation = truncation_voxels * 2.0 * bound / resolution
@@ -219,13 +222,15 @@ def fuse_depths(depths: np.ndarray, foreground: np.ndarray, cameras: OrbitCamera
         informative = distance >= -truncation
         sdf_sum += np.where(informative, np.clip(distance / truncation, -1.0, 1.0), 0.0)
         weight += informative
+        if callback is not None:
+            callback(view, len(cameras))
     empty_evidence = (band_votes > 0) | (silhouette_votes > 0) | (depth_free_votes >= min_free_views)
     sdf = np.where(empty_evidence, sdf_sum / np.maximum(weight, 1), -1.0)
     return TSDFVolume(sdf.reshape((resolution,) * 3), bound)
 
 
 def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: OrbitCameras,
-                   tolerance: float, sharpness: float = 4.0) -> np.ndarray:
+                   tolerance: float, sharpness: float = 4.0, callback: StepCallback | None = None) -> np.ndarray:
     """Vertex colours ``(M, 3)`` from the views that see each vertex.
 
     A view sees a vertex when the vertex faces it and its camera depth is within ``tolerance``
@@ -237,6 +242,7 @@ def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: 
 
     Args:
         colors: ``(V, H, W, 3)`` RGB in [0, 1]; depths: ``(V, H, W)`` world units (NaN = unknown).
+        callback: called as ``callback(view_index, num_views)`` after each view's colours are gathered.
     """
     normals = mesh.vertex_normals()
     total, total_weight = np.zeros((len(mesh.vertices), 3)), np.zeros(len(mesh.vertices))
@@ -250,6 +256,8 @@ def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: 
         w = np.where(seen, np.clip(cosine, 0.0, 1.0) ** sharpness, 0.0)
         total += w[:, None] * rgb[0]
         total_weight += w
+        if callback is not None:
+            callback(view, len(cameras))
     result = np.where(total_weight[:, None] > 0, total / np.maximum(total_weight, 1e-12)[:, None], 0.0)
     return _spread_colors(mesh.faces, result, total_weight > 0)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at
 from sgm.recon.gaussians import GaussianScene
 from sgm.recon.rasterize import render_views
@@ -75,9 +76,11 @@ class NovelViews:
     depths: np.ndarray
 
 
-def render_novel_views(scene: GaussianScene, cameras: OrbitCameras, backend: str = "auto") -> NovelViews:
-    """Render ``cameras`` from the fitted ``scene`` over white."""
-    colors, alphas, depths = render_views(scene, cameras, torch.ones(3, device=scene.means.device), backend)
+def render_novel_views(scene: GaussianScene, cameras: OrbitCameras, backend: str = "auto",
+                       callback: StepCallback | None = None) -> NovelViews:
+    """Render ``cameras`` from the fitted ``scene`` over white; ``callback(view_index, num_views)`` after each."""
+    colors, alphas, depths = render_views(scene, cameras, torch.ones(3, device=scene.means.device), backend,
+                                          callback)
     return NovelViews(cameras, colors, (alphas >= 0.5).astype(np.float32), depths)
 
 

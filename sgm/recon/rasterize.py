@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.gaussians import GaussianScene
 
@@ -286,8 +287,9 @@ def _render_gsplat(scene: GaussianScene, camera: ViewCamera, background: torch.T
 
 
 def render_views(scene: GaussianScene, cameras: OrbitCameras, background: torch.Tensor | None = None,
-                 backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render every camera without gradients.
+                 backend: str = "auto", callback: StepCallback | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render every camera without gradients; ``callback(view_index, num_views)`` after each view.
 
     Returns:
         colours ``(V, H, W, 3)`` in [0, 1], alphas ``(V, H, W)`` and surface depths
@@ -299,4 +301,6 @@ def render_views(scene: GaussianScene, cameras: OrbitCameras, background: torch.
         for index in range(len(cameras)):
             view = render(scene, view_camera(cameras, index, scene.means.device), background, backend)
             out.append((view.color.clamp(0, 1), view.alpha, view.surface_depth()))
+            if callback is not None:
+                callback(index, len(cameras))
     return tuple(np.stack([o[i].float().cpu().numpy() for o in out]) for i in range(3))

@@ -8,6 +8,10 @@ Output folder::
     OUT/mesh.obj, OUT/mesh.glb                               coloured mesh, Y-up (see sgm.recon.export)
     OUT/report.json                                          settings, counts, timings
 
+Progress: ``reconstruct(..., callback=...)`` reports every step of the whole run to one
+:data:`~sgm.modules.diffusionmodules.sampling.StepCallback`, ``callback(step_index, total_steps)``,
+as the diffusion samplers do (see :func:`reconstruct` for what a step is).
+
 Example::
 
     from sgm.recon.reconstruct import ReconstructConfig, reconstruct
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.pipelines.outputs import OutputExistsError
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh, write_glb, write_obj
@@ -98,7 +103,37 @@ def concat_cameras(first: OrbitCameras, second: OrbitCameras) -> OrbitCameras:
     return dataclasses.replace(first, **{n: np.concatenate([getattr(first, n), getattr(second, n)]) for n in names})
 
 
-def fuse_mesh(scene: GaussianScene, views: ViewSet, novel: NovelViews | None, config: ReconstructConfig) -> Mesh:
+class _StepCounter:
+    """Numbers the steps of consecutive phases as one sequence ``callback(step_index, total_steps)``.
+
+    An instance is itself a StepCallback that a phase can report to: each call counts one step
+    (the phase's own numbering is ignored).
+    """
+
+    def __init__(self, callback: StepCallback | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def __call__(self, *_phase_step) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done - 1, self.total)
+
+
+def fuse_mesh_steps(num_views: int, num_novel_views: int) -> int:
+    """Steps :func:`fuse_mesh` reports: a depth render per input view, each view fused, the surface
+    extraction, each view coloured."""
+    return num_views + 2 * (num_views + num_novel_views) + 1
+
+
+def reconstruct_steps(config: ReconstructConfig, num_views: int) -> int:
+    """Steps :func:`reconstruct` reports for ``num_views`` input views: the fit's iterations, a render
+    per novel view, :func:`fuse_mesh_steps`, and writing the files (one)."""
+    return (config.fit.iterations + config.num_novel_views + fuse_mesh_steps(num_views, config.num_novel_views)
+            + 1)
+
+
+def fuse_mesh(scene: GaussianScene, views: ViewSet, novel: NovelViews | None, config: ReconstructConfig,
+              callback: StepCallback | None = None) -> Mesh:
     """Fuse the input views (their masks and colours, depth rendered from ``scene``) and the novel views.
 
     An input pixel inside its mask whose rendered opacity is below 0.5 has no depth and says
@@ -106,8 +141,11 @@ def fuse_mesh(scene: GaussianScene, views: ViewSet, novel: NovelViews | None, co
     behind their neighbours are dropped first (:func:`~sgm.recon.mesh.reject_depth_outliers`,
     tolerance = the truncation distance). Vertex colours come from the input images and the
     rendered novel views (:func:`~sgm.recon.mesh.color_vertices`, depth tolerance one voxel).
+
+    ``callback(step_index, total_steps)`` follows the steps of :func:`fuse_mesh_steps`.
     """
-    _, alphas, depths = render_views(scene, views.cameras, backend=DEPTH_BACKEND)
+    steps = _StepCounter(callback, fuse_mesh_steps(len(views), 0 if novel is None else len(novel.cameras)))
+    _, alphas, depths = render_views(scene, views.cameras, backend=DEPTH_BACKEND, callback=steps)
     masks = views.masks >= 0.5
     depths = np.where(masks & (alphas >= 0.5), depths, np.nan)
     cameras, colors = views.cameras, views.images
@@ -118,9 +156,11 @@ def fuse_mesh(scene: GaussianScene, views: ViewSet, novel: NovelViews | None, co
         colors = np.concatenate([colors, novel.colors])
     truncation = config.truncation_voxels * 2.0 * config.mesh_bound / config.mesh_resolution
     depths = reject_depth_outliers(depths, tolerance=truncation)
-    volume = fuse_depths(depths, masks, cameras, config.mesh_resolution, config.mesh_bound, config.truncation_voxels)
+    volume = fuse_depths(depths, masks, cameras, config.mesh_resolution, config.mesh_bound, config.truncation_voxels,
+                         callback=steps)
     mesh = mesh_from_volume(volume, config.min_component_fraction)
-    colors = color_vertices(mesh, colors, depths, cameras, tolerance=volume.spacing)
+    steps()
+    colors = color_vertices(mesh, colors, depths, cameras, tolerance=volume.spacing, callback=steps)
     return Mesh(mesh.vertices, mesh.faces, colors)
 
 
@@ -146,7 +186,8 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: str | Path,
                 config: ReconstructConfig = ReconstructConfig(), device: str | torch.device = "auto",
-                overwrite: bool = False, progress: bool = True) -> ReconstructResult:
+                overwrite: bool = False, progress: bool = True, callback: StepCallback | None = None
+                ) -> ReconstructResult:
     """Fit, augment, mesh and write (see the module docstring for the files).
 
     Args:
@@ -156,7 +197,12 @@ def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: s
         config: settings.
         device: ``auto``, ``cpu``, ``cuda``, ...
         overwrite: replace earlier results in ``output_dir``.
-        progress: show progress bars.
+        progress: show progress bars (tqdm).
+        callback: called as ``callback(step_index, total_steps)`` after each step, ``step_index``
+            counting 0 .. ``total_steps - 1`` over the whole run, ``total_steps`` =
+            :func:`reconstruct_steps`: first the Gaussian fit's optimisation steps, then one per
+            novel view rendered, then the meshing (:func:`fuse_mesh_steps`) and last writing the
+            files. Loading the views and initialising the Gaussians come before the first report.
 
     Raises:
         ViewError: unusable views; OutputExistsError: earlier results without ``overwrite``.
@@ -170,9 +216,10 @@ def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: s
         view_set = resize_views(view_set, config.resolution)
     device = resolve_device(device)
     timings["load"] = time.perf_counter() - start
+    steps = _StepCounter(callback, reconstruct_steps(config, len(view_set)))
 
     try:
-        fit = fit_gaussians(view_set, config.fit, device, progress)
+        fit = fit_gaussians(view_set, config.fit, device, progress, callback=steps)
     except ValueError as err:
         raise ViewError(str(err)) from err
     timings["fit"] = fit.seconds
@@ -187,7 +234,7 @@ def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: s
     if config.num_novel_views > 0:
         novel_cams = novel_view_cameras(ring_elevation, config.num_novel_views, width, height, len(view_set),
                                         config.novel_elevation_offset, cameras.distance, cameras.fov_deg)
-        novel = render_novel_views(fit.scene, novel_cams, DEPTH_BACKEND)
+        novel = render_novel_views(fit.scene, novel_cams, DEPTH_BACKEND, callback=steps)
         names += [f"view_novel_{k:02d}.png" for k in range(config.num_novel_views)]
         roles += ["novel"] * config.num_novel_views
         images, masks = np.concatenate([images, novel.colors]), np.concatenate([masks, novel.masks])
@@ -196,7 +243,7 @@ def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: s
     timings["novel_views"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    mesh = fuse_mesh(fit.scene, view_set, novel, config)
+    mesh = fuse_mesh(fit.scene, view_set, novel, config, callback=steps)
     scene_path = fit.scene.save(output_dir / "gaussians.pt")
     mesh_obj, mesh_glb = write_obj(mesh, output_dir / "mesh.obj"), write_glb(mesh, output_dir / "mesh.glb")
     timings["mesh"] = time.perf_counter() - start
@@ -210,5 +257,6 @@ def reconstruct(views: str | Path | ViewSet, elevation_deg: float, output_dir: s
     }
     report_path = output_dir / "report.json"
     report_path.write_text(json.dumps(report, indent=1))
+    steps()
     log.info("3D results in %s: %d Gaussians, mesh of %d faces", output_dir, len(fit.scene), len(mesh.faces))
     return ReconstructResult(output_dir, views_dir, scene_path, mesh_obj, mesh_glb, report_path, fit, mesh, report)
