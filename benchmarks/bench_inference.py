@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from report import redraw_zero_parameters, report, require_cuda
 from sgm.config import build_model, load_config
-from sgm.pipelines.loading import DTYPES, ExecutionPlan, autocast_for, compile_unet
+from sgm.pipelines.loading import DTYPES, ExecutionPlan, autocast_for
 from sgm.pipelines.sampling import generate_orbit, refine_orbit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def build(stage: int, device: torch.device, dtype: torch.dtype, mode: str):
         model = model.to("cpu")
         torch.cuda.empty_cache()
     if mode == "compile":
-        compile_unet(model.model.diffusion_model)
+        model.model.diffusion_model.compile()
     return model
 
 

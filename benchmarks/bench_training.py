@@ -59,8 +59,8 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    overrides = ["model.params.ckpt_path=null", f"model.params.compile_unet={str(compile_unet).lower()}", *overrides]
-    config = load_config(CONFIGS[stage], overrides)
+    fixed = ["model.params.ckpt_path=null", f"model.params.compile_unet={str(compile_unet).lower()}"]
+    config = load_config(CONFIGS[stage], fixed + overrides)
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
     model.train()
@@ -125,7 +125,7 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
         times.append(time.perf_counter() - start)
     assert torch.isfinite(loss), "non-finite loss"
     return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile_unet,
-            "overrides": " ".join(overrides[2:]) or "-",
+            "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "held_between_steps_gib": held, **phases,
             **weight_memory(model), "trained_params": sum(p.numel() for p in model.trained_parameters()),

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from ..checkpoint import load_checkpoint
 from ..modules.diffusionmodules.guiders import in_two_halves
-from ..modules.distributions.distributions import DiagonalGaussianDistribution
 from ..modules.diffusionmodules.wrappers import OpenAIWrapper
+from ..modules.distributions.distributions import DiagonalGaussianDistribution
 from ..util import instantiate_from_config
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}

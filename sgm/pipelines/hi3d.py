@@ -37,10 +37,9 @@ from .images import (
 from .loading import (
     ExecutionPlan,
     ModelSpec,
-    compile_unet,
-    resolve_compile,
     load_stage_model,
     resolve_checkpoint,
+    resolve_compile,
     resolve_device,
     resolve_dtype,
 )
@@ -169,7 +168,7 @@ class Hi3DPipeline:
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, _ = load_stage_model(spec, home, self.dtype)
             if self.compile:
-                compile_unet(model.model.diffusion_model)
+                model.model.diffusion_model.compile()  # torch.compile in place; state-dict keys unchanged
             self._models[stage] = model
         return self._models[stage]
 
@@ -192,9 +191,10 @@ class Hi3DPipeline:
 
     def prepare_input(self, image: str | Path | Image.Image, layout: OutputLayout) -> np.ndarray:
         """Save ``rgba.png`` and ``white.png`` and return the white-composited RGB pixels (H, W, 3)."""
-        if not isinstance(image, Image.Image):
-            image = read_image(image)
-        check_image_size(*image.size)
+        if isinstance(image, Image.Image):
+            check_image_size(*image.size)
+        else:
+            image = read_image(image)  # checks the size from the header
         rgba = remove_background(image, self.use_rembg)
         white = composite_on_white(rgba)
         layout.rgba.parent.mkdir(parents=True, exist_ok=True)
