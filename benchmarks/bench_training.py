@@ -5,11 +5,13 @@
 
 The model of ``configs/train-v0{1,2}.yaml`` (without its starting checkpoint): batch 1 clip of 16
 frames at the stage resolution, gradient checkpointing on, AdamW over the whole UNet, mixed
-precision through autocast (fp16 with a gradient scaler, or bf16), master weights in float32.
-``--set`` applies further config overrides (e.g. ``model.params.encode_n_samples_a_time=1``).
+precision through autocast (fp16 with a gradient scaler, or bf16), master weights in float32,
+frozen modules cast as when Lightning starts fitting (``half_precision_frozen_modules``).
+``--set`` applies further config overrides (e.g. ``model.params.half_precision_frozen_modules=false``).
 The step includes the VAE encoding and the conditioning, as a Lightning training step does.
 Prints the median step time, the time and peak GPU memory of each phase of one step, and the
-memory held between steps (weights, optimizer states).
+memory held between steps (weights, optimizer states). With ``--compile`` the first step's
+gradients are compared with the eager path's at the same weights and seed.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from report import report, require_cuda
+from report import redraw_zero_parameters, report, require_cuda
 from sgm.config import build_model, load_config
 from sgm.data.degradations import DegradationConfig, sample_clip_kernels
 
@@ -53,6 +55,29 @@ def weight_memory(model) -> dict[str, float]:
             "conditioner_weights_gib": gib(model.conditioner)}
 
 
+def compare_with_eager(model, forward, optimizer) -> dict:
+    """Loss and gradients of one compiled forward/backward against the eager path's (same weights,
+    same seed); the compiled call compiles, and its time is returned as ``compile_s``."""
+    def loss_and_grads(seed: int) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(seed)
+        loss = forward()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.trained_parameters()])
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item(), grads
+
+    with torch.compiler.set_stance("force_eager"):
+        eager_loss, eager_grads = loss_and_grads(0)
+    print("compiling (minutes) ...", flush=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    compiled_loss, compiled_grads = loss_and_grads(0)
+    seconds = time.perf_counter() - start
+    error = (compiled_grads - eager_grads).norm() / eager_grads.norm()
+    return {"compile_s": seconds, "loss_eager": eager_loss, "loss_compiled": compiled_loss,
+            "grad_rel_err_vs_eager": error.item()}
+
+
 def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrides: list[str], steps: int) -> dict:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -64,7 +89,9 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
     model.train()
+    redraw_zero_parameters(model.model)  # else only the output layer gets gradients
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    model.apply_training_precision(dtype)
     optimizer = torch.optim.AdamW(model.trained_parameters(), lr=1e-5, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     batch = make_batch(model, stage, device)
@@ -87,11 +114,12 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
         update()
         return loss
 
+    checks = compare_with_eager(model, forward, optimizer) if compile_unet else {}
     torch.cuda.synchronize()
     start = time.perf_counter()
-    step()  # warm-up: optimizer states, kernels, compilation, allocator
+    step()  # warm-up: optimizer states, kernels, compilation (done above with --compile), allocator
     torch.cuda.synchronize()
-    first_step = time.perf_counter() - start
+    first_step = checks.pop("compile_s", 0.0) + time.perf_counter() - start
     step()
 
     phases = {}  # one more step, phase by phase: time and peak memory of each phase
@@ -127,7 +155,7 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile_unet,
             "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "held_between_steps_gib": held, **phases,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "held_between_steps_gib": held, **phases, **checks,
             **weight_memory(model), "trained_params": sum(p.numel() for p in model.trained_parameters()),
             "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": date.today().isoformat()}
 

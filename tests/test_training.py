@@ -18,11 +18,16 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
 from sgm.callbacks import ImageLogger
 from sgm.config import build_model, load_config
 from sgm.models.diffusion import video_to_frames
+from sgm.modules.attention import BasicTransformerBlock
+from sgm.modules.diffusionmodules.openaimodel import ResBlock
+from sgm.modules.diffusionmodules.util import compile_block_bodies
+from sgm.modules.video_attention import VideoTransformerBlock
 from sgm.training import (
     TrainingConfigError,
     parse_devices,
@@ -120,11 +125,11 @@ def fixed_loss(model, batch: dict) -> float:
     return float(torch.stack(losses).mean())
 
 
-def fit_on_batch(model, batch: dict, steps: int, learning_rate: float) -> None:
+def fit_on_batch(model, batch: dict, steps: int, learning_rate: float, precision: str = "32-true") -> None:
     """``steps`` Lightning training steps, all on ``batch``."""
     model.learning_rate = learning_rate
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, precision=precision)
     trainer.fit(model, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
     assert trainer.global_step == steps
 
@@ -162,6 +167,55 @@ def test_trained_param_keys_freeze_the_rest(orbit_folder: Path):
     fit_on_batch(model, batch, 2, 1e-3)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= {f"model.{n}" for n in selected}
+
+
+@pytest.mark.parametrize("precision, frozen_dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_frozen_modules_take_the_autocast_dtype_when_fitting_starts(orbit_folder: Path, precision: str,
+                                                                    frozen_dtype: torch.dtype):
+    config = tiny_config(TINY_V01, orbit_folder, "model.params.half_precision_frozen_modules=true")
+    pl.seed_everything(0, verbose=False)
+    model = build_model(config)
+    batch = first_batch(config)
+    before = {n: p.detach().clone() for n, p in model.model.named_parameters()}
+    fit_on_batch(model, batch, 2, 1e-3, precision=precision)
+    frozen = [p for module in model.frozen_modules() for p in module.parameters()]
+    assert len(frozen) > 100 and {p.dtype for p in frozen} == {frozen_dtype}
+    # the trained UNet keeps float32 master weights, and it trained
+    assert {p.dtype for p in model.model.parameters()} == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in model.model.parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in model.model.named_parameters())
+
+
+def test_compiled_block_bodies_give_the_eager_loss_and_gradients(orbit_folder: Path):
+    config = tiny_config(TINY_V01, orbit_folder, "model.params.network_config.params.use_checkpoint=true")
+    pl.seed_everything(0, verbose=False)
+    model = build_model(config).train()
+    with torch.no_grad():  # zero-initialised output layers would leave most gradients at exactly 0
+        for p in model.model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    batch = first_batch(config)
+    blocks = [m for m in model.model.modules() if isinstance(m, (ResBlock, BasicTransformerBlock, VideoTransformerBlock))]
+    assert blocks and all(block.use_checkpoint for block in blocks)
+
+    def loss_and_grads() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        loss = model.shared_step(batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.trained_parameters()])
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    eager_loss, eager_grads = loss_and_grads()
+    assert eager_grads.abs().min() < eager_grads.abs().max() and eager_grads.norm() > 0
+    torch._dynamo.reset()
+    counters.clear()
+    # aot_eager: dynamo capture and AOTAutograd's joint forward/backward graphs without codegen
+    assert compile_block_bodies(model.model.diffusion_model, backend="aot_eager") == len(blocks)
+    compiled_loss, compiled_grads = loss_and_grads()
+    assert counters["stats"]["unique_graphs"] >= 6 and not counters["graph_break"]
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
+    assert ((compiled_grads - eager_grads).norm() / eager_grads.norm()) < 1e-5
 
 
 def test_image_logger_schedule_and_stage2_log_images(orbit_folder: Path):

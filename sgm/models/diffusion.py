@@ -14,11 +14,14 @@ import torch.nn as nn
 
 from ..checkpoint import load_checkpoint
 from ..modules.diffusionmodules.guiders import in_two_halves
+from ..modules.diffusionmodules.util import compile_block_bodies
 from ..modules.diffusionmodules.wrappers import OpenAIWrapper
 from ..modules.distributions.distributions import DiagonalGaussianDistribution
 from ..util import instantiate_from_config
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
+# Lightning precision -> the autocast dtype it trains under.
+AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 def select_parameters(
@@ -70,7 +73,15 @@ class DiffusionEngine(pl.LightningModule):
             The encoder sees each frame on its own and the posterior is sampled once for all
             chunks, so any value gives the same latents; small values cut the memory of
             float32 encoding (16 frames at 512 px need about 14 GiB at once).
-        compile_unet: ``torch.compile`` the UNet (slow first step, faster later ones).
+        compile_unet: ``torch.compile`` the body of every checkpointable UNet block for training
+            (:func:`~sgm.modules.diffusionmodules.util.compile_block_bodies`: activation
+            checkpointing stays eager, so memory is the eager model's; the first step compiles for
+            minutes). Inference pipelines compile the whole UNet instead.
+        half_precision_frozen_modules: in mixed-precision training (Lightning ``16-mixed`` or
+            ``bf16-mixed``) hold the frozen autoencoder and embedders in the autocast dtype, as the
+            official DeepSpeed fp16 run held its whole model: the VAE then encodes in half
+            precision and the embedders' weights are not cast at every call. False keeps them in
+            float32 (the VAE encodes in float32 with ``disable_first_stage_autocast``).
         num_samples: T, frames per clip.
         trained_param_keys: UNet parameter-name substrings to train (``["all"]`` for all);
             the rest of the UNet is frozen.
@@ -94,6 +105,7 @@ class DiffusionEngine(pl.LightningModule):
         en_and_decode_n_samples_a_time: int | None = None,
         encode_n_samples_a_time: int | None = None,
         compile_unet: bool = False,
+        half_precision_frozen_modules: bool = False,
         num_samples: int = 16,
         trained_param_keys: Sequence[str] = ("all",),
         ckpt_path: str | None = None,
@@ -114,6 +126,7 @@ class DiffusionEngine(pl.LightningModule):
         self.chunk_size = en_and_decode_n_samples_a_time
         self.encode_chunk_size = encode_n_samples_a_time or en_and_decode_n_samples_a_time
         self.num_samples = num_samples
+        self.half_precision_frozen_modules = half_precision_frozen_modules
         self.trained_param_keys = list(trained_param_keys)
         self.log_keys = [log_keys] if isinstance(log_keys, str) else list(log_keys or ())
         self.learning_rate = 1.0e-5  # set by the trainer from base_learning_rate and the batch layout
@@ -121,7 +134,7 @@ class DiffusionEngine(pl.LightningModule):
         if ckpt_path is not None:
             load_checkpoint(self, ckpt_path, allow_missing=ckpt_allow_missing)
         if compile_unet:
-            self.model.diffusion_model.compile()
+            compile_block_bodies(self.model.diffusion_model)
 
     # ------------------------------------------------------------------ parameters
     def _freeze_untrained_unet_parameters(self) -> None:
@@ -136,6 +149,23 @@ class DiffusionEngine(pl.LightningModule):
             if embedder.is_trainable:
                 params.extend(embedder.parameters())
         return params
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The autoencoder and the embedders that are not trained."""
+        return [self.first_stage_model, *(e for e in self.conditioner.embedders if not e.is_trainable)]
+
+    def apply_training_precision(self, autocast_dtype: torch.dtype | None) -> None:
+        """Cast the frozen modules to ``autocast_dtype`` if ``half_precision_frozen_modules``.
+
+        Called when training starts with the trainer's autocast dtype (None: full precision,
+        nothing is cast).
+        """
+        if self.half_precision_frozen_modules and autocast_dtype is not None:
+            for module in self.frozen_modules():
+                module.to(autocast_dtype)
+
+    def on_fit_start(self) -> None:
+        self.apply_training_precision(AUTOCAST_DTYPES.get(str(self.trainer.precision)))
 
     def train(self, mode: bool = True) -> "DiffusionEngine":
         super().train(mode)
@@ -197,7 +227,8 @@ class DiffusionEngine(pl.LightningModule):
         if self.loss_fn is None:
             raise RuntimeError("this model was built without loss_fn_config: it cannot be trained")
         batch = self.add_custom_cond(batch, infer=False)
-        x0 = self.encode_first_stage(video_to_frames(batch[self.input_key]))
+        # float32 latents: the loss math does not depend on the VAE's dtype
+        x0 = self.encode_first_stage(video_to_frames(batch[self.input_key])).float()
         cond = self.conditioner(batch)
         return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
 
