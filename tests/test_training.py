@@ -195,7 +195,8 @@ def test_compiled_block_bodies_give_the_eager_loss_and_gradients(orbit_folder: P
             if not p.any():
                 p.normal_(0.0, 0.02)
     batch = first_batch(config)
-    blocks = [m for m in model.model.modules() if isinstance(m, (ResBlock, BasicTransformerBlock, VideoTransformerBlock))]
+    block_types = (ResBlock, BasicTransformerBlock, VideoTransformerBlock)
+    blocks = [m for m in model.model.modules() if isinstance(m, block_types)]
     assert blocks and all(block.use_checkpoint for block in blocks)
 
     def loss_and_grads() -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +280,8 @@ def test_learning_rate_seeds_and_resume_paths(tmp_path: Path):
 def test_train_configs_match_inference_models(version: str):
     train = load_config(ROOT / "configs" / f"train-v{version}.yaml")
     infer = load_config(ROOT / "configs" / f"inference-v{version}.yaml")
-    extra = {"trained_param_keys", "ckpt_path", "ckpt_allow_missing", "degradation_config"}
+    extra = {"trained_param_keys", "ckpt_path", "ckpt_allow_missing", "degradation_config",
+             "half_precision_frozen_modules"}
     train_params = {k: v for k, v in train.model.params.items() if k not in extra}
     infer_params = {k: v for k, v in infer.model.params.items() if k != "trained_param_keys"}
     assert train_params == infer_params
