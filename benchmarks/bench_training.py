@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py --stage 1 --precision fp16
     python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --compile --json out.json
+    python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --profile
 
 The model of ``configs/train-v0{1,2}.yaml`` (without its starting checkpoint): batch 1 clip of 16
 frames at the stage resolution, gradient checkpointing on, AdamW over the whole UNet, mixed
@@ -11,7 +12,9 @@ frozen modules cast as when Lightning starts fitting (``half_precision_frozen_mo
 The step includes the VAE encoding and the conditioning, as a Lightning training step does.
 Prints the median step time, the time and peak GPU memory of each phase of one step, and the
 memory held between steps (weights, optimizer states). With ``--compile`` the first step's
-gradients are compared with the eager path's at the same weights and seed.
+gradients are compared with the eager path's at the same weights and seed. ``--profile`` also
+prints when the Python thread returns from a step against when the GPU finishes it, and the CPU
+and kernel time of each part of the step under ``torch.profiler``.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from report import redraw_zero_parameters, report, require_cuda
 from sgm.config import build_model, load_config
 from sgm.data.degradations import DegradationConfig, sample_clip_kernels
+from sgm.models.diffusion import SHARED_STEP_PHASES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {1: ROOT / "configs" / "train-v01.yaml", 2: ROOT / "configs" / "train-v02.yaml"}
@@ -78,7 +83,34 @@ def compare_with_eager(model, forward, optimizer) -> dict:
             "grad_rel_err_vs_eager": error.item()}
 
 
-def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrides: list[str], steps: int) -> dict:
+def profile_step(forward, backward, update) -> None:
+    """Print whether a step is bound by the CPU (the Python thread) or by the GPU, and where."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    backward(forward())
+    update()
+    returned = time.perf_counter() - start
+    torch.cuda.synchronize()
+    print(f"step without the profiler: the CPU returns after {returned:.3f} s, the GPU is done after "
+          f"{time.perf_counter() - start:.3f} s")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function("forward"):
+            loss = forward()
+        with record_function("backward"):
+            backward(loss)
+        with record_function("update"):
+            update()
+        torch.cuda.synchronize()
+    labels = ("forward", *SHARED_STEP_PHASES, "backward", "update")
+    print("under the profiler (CPU times inflated); kernels launched by the autograd thread count for no part:")
+    for event in prof.key_averages():
+        if event.key in labels and event.cpu_time_total > 0:
+            print(f"  {event.key:>20}: CPU {event.cpu_time_total / 1e3:7.1f} ms, "
+                  f"kernels launched {event.device_time_total / 1e3:7.1f} ms")
+
+
+def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrides: list[str], steps: int,
+            profile_one_step: bool = False) -> dict:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -152,6 +184,8 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     assert torch.isfinite(loss), "non-finite loss"
+    if profile_one_step:
+        profile_step(forward, backward, update)
     return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile_unet,
             "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
@@ -166,12 +200,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16")
     parser.add_argument("--fused_adam", action="store_true", help="torch's fused AdamW kernel")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (model.params.compile_unet)")
+    parser.add_argument("--profile", action="store_true", help="profile one more step (CPU vs GPU time per part)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
     require_cuda()
-    report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.set, args.steps), args.json)
+    report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.set, args.steps, args.profile),
+           args.json)
 
 
 if __name__ == "__main__":

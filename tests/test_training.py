@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from sgm.callbacks import ImageLogger
 from sgm.config import build_model, load_config
-from sgm.models.diffusion import video_to_frames
+from sgm.models.diffusion import SHARED_STEP_PHASES, video_to_frames
 from sgm.modules.attention import BasicTransformerBlock
 from sgm.modules.diffusionmodules.openaimodel import ResBlock
 from sgm.modules.diffusionmodules.util import compile_block_bodies
@@ -217,6 +217,16 @@ def test_compiled_block_bodies_give_the_eager_loss_and_gradients(orbit_folder: P
     assert counters["stats"]["unique_graphs"] >= 6 and not counters["graph_break"]
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
     assert ((compiled_grads - eager_grads).norm() / eager_grads.norm()) < 1e-5
+
+
+def test_training_step_phases_are_labelled_for_the_profiler(orbit_folder: Path):
+    config = tiny_config(TINY_V01, orbit_folder)
+    model = build_model(config).train()
+    batch = first_batch(config)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.shared_step(batch)
+    labels = {event.key for event in prof.key_averages()}
+    assert set(SHARED_STEP_PHASES) <= labels
 
 
 def test_image_logger_schedule_and_stage2_log_images(orbit_folder: Path):

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
 from ..checkpoint import load_checkpoint
 from ..modules.diffusionmodules.guiders import in_two_halves
@@ -22,6 +23,8 @@ from ..util import instantiate_from_config
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
 # Lightning precision -> the autocast dtype it trains under.
 AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+# torch.profiler labels of the parts of a training step's forward (DiffusionEngine.shared_step).
+SHARED_STEP_PHASES = ("add_custom_cond", "encode_first_stage", "conditioner", "unet_loss")
 
 
 def select_parameters(
@@ -226,11 +229,16 @@ class DiffusionEngine(pl.LightningModule):
     def shared_step(self, batch: dict) -> torch.Tensor:
         if self.loss_fn is None:
             raise RuntimeError("this model was built without loss_fn_config: it cannot be trained")
-        batch = self.add_custom_cond(batch, infer=False)
-        # float32 latents: the loss math does not depend on the VAE's dtype
-        x0 = self.encode_first_stage(video_to_frames(batch[self.input_key])).float()
-        cond = self.conditioner(batch)
-        return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
+        # the labels (SHARED_STEP_PHASES) name the phases in torch.profiler traces
+        with record_function("add_custom_cond"):
+            batch = self.add_custom_cond(batch, infer=False)
+        with record_function("encode_first_stage"):
+            # float32 latents: the loss math does not depend on the VAE's dtype
+            x0 = self.encode_first_stage(video_to_frames(batch[self.input_key])).float()
+        with record_function("conditioner"):
+            cond = self.conditioner(batch)
+        with record_function("unet_loss"):
+            return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.shared_step(batch)

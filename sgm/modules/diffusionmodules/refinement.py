@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from .sampling import DenoiserFn, EulerEDMSampler, StepCallback
 
 
-
 def refinement_alpha(step: int, num_steps: int, power: float = 40.0) -> float:
     """``(0.5 * (1 + cos(step / num_steps)))^power`` (cosine of radians, no pi)."""
     return (0.5 * (1.0 + math.cos(step / num_steps))) ** power
