@@ -1,7 +1,7 @@
 """Time one full-size training step (forward + backward + optimizer) on a GPU, random weights.
 
     python benchmarks/bench_training.py --stage 1 --precision fp16
-    python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --compile --json out.json
+    python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --compile --cuda_graph --json out.json
     python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --profile
 
 The model of ``configs/train-v0{1,2}.yaml`` (without its starting checkpoint): batch 1 clip of 16
@@ -11,8 +11,12 @@ frozen modules cast as when Lightning starts fitting (``half_precision_frozen_mo
 ``--set`` applies further config overrides (e.g. ``model.params.half_precision_frozen_modules=false``).
 The step includes the VAE encoding and the conditioning, as a Lightning training step does.
 Prints the median step time, the time and peak GPU memory of each phase of one step, and the
-memory held between steps (weights, optimizer states). With ``--compile`` the first step's
-gradients are compared with the eager path's at the same weights and seed. ``--profile`` also
+memory held between steps (weights, optimizer states). ``--compile`` compiles the UNet's blocks and
+the VAE encoder (``compile_unet``, ``compile_first_stage_encoder``), ``--cuda_graph`` replays the
+loss's forward and backward from CUDA graphs (``cuda_graph_training``); with either, the loss and
+gradients of one step are compared with the plain eager path's at the same weights and seed.
+Peak memory is given as allocated and as reserved by the caching allocator: memory inside CUDA
+graphs counts as reserved only, so compare reserved figures across modes. ``--profile`` also
 prints when the Python thread returns from a step against when the GPU finishes it, and the CPU
 and kernel time of each part of the step under ``torch.profiler``.
 """
@@ -60,26 +64,29 @@ def weight_memory(model) -> dict[str, float]:
             "conditioner_weights_gib": gib(model.conditioner)}
 
 
-def compare_with_eager(model, forward, optimizer) -> dict:
-    """Loss and gradients of one compiled forward/backward against the eager path's (same weights,
-    same seed); the compiled call compiles, and its time is returned as ``compile_s``."""
-    def loss_and_grads(seed: int) -> tuple[float, torch.Tensor]:
+def compare_with_eager(model, forward, eager_forward, optimizer) -> dict:
+    """Loss and gradients of one step of ``forward`` (compiled and/or graphed) against the plain
+    eager path's, same weights and seed. The first call of ``forward`` compiles and captures (it
+    draws random numbers of its own, so it is not the compared one); its time is ``compile_s``."""
+    def loss_and_grads(fn, seed: int) -> tuple[float, torch.Tensor]:
         torch.manual_seed(seed)
-        loss = forward()
+        loss = fn()
         loss.backward()
         grads = torch.cat([p.grad.flatten().float() for p in model.trained_parameters()])
         optimizer.zero_grad(set_to_none=True)
         return loss.item(), grads
 
     with torch.compiler.set_stance("force_eager"):
-        eager_loss, eager_grads = loss_and_grads(0)
-    print("compiling (minutes) ...", flush=True)
+        eager_loss, eager_grads = loss_and_grads(eager_forward, 0)
+    torch.cuda.empty_cache()  # as a training run, which captures before any other step
+    print("compiling / capturing (minutes with --compile) ...", flush=True)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    compiled_loss, compiled_grads = loss_and_grads(0)
+    loss_and_grads(forward, 1)
     seconds = time.perf_counter() - start
-    error = (compiled_grads - eager_grads).norm() / eager_grads.norm()
-    return {"compile_s": seconds, "loss_eager": eager_loss, "loss_compiled": compiled_loss,
+    fast_loss, fast_grads = loss_and_grads(forward, 0)
+    error = (fast_grads - eager_grads).norm() / eager_grads.norm()
+    return {"compile_s": seconds, "loss_eager": eager_loss, "loss_fast": fast_loss,
             "grad_rel_err_vs_eager": error.item()}
 
 
@@ -109,14 +116,17 @@ def profile_step(forward, backward, update) -> None:
                   f"kernels launched {event.device_time_total / 1e3:7.1f} ms")
 
 
-def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrides: list[str], steps: int,
-            profile_one_step: bool = False) -> dict:
+def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: bool, overrides: list[str],
+            steps: int, profile_one_step: bool = False) -> dict:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    fixed = ["model.params.ckpt_path=null", f"model.params.compile_unet={str(compile_unet).lower()}"]
+    flag = {True: "true", False: "false"}
+    fixed = ["model.params.ckpt_path=null", f"model.params.compile_unet={flag[compile]}",
+             f"model.params.compile_first_stage_encoder={flag[compile]}",
+             f"model.params.cuda_graph_training={flag[cuda_graph]}"]
     config = load_config(CONFIGS[stage], fixed + overrides)
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
@@ -129,6 +139,10 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     batch = make_batch(model, stage, device)
 
     def forward():
+        with torch.autocast("cuda", dtype=dtype):
+            return model.training_loss(batch)
+
+    def eager_forward():
         with torch.autocast("cuda", dtype=dtype):
             return model.shared_step(batch)
 
@@ -146,7 +160,8 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
         update()
         return loss
 
-    checks = compare_with_eager(model, forward, optimizer) if compile_unet else {}
+    checks = compare_with_eager(model, forward, eager_forward, optimizer) if compile or cuda_graph else {}
+    torch.cuda.empty_cache()  # the comparison's gradient copies are gone: optimizer states take fresh memory
     torch.cuda.synchronize()
     start = time.perf_counter()
     step()  # warm-up: optimizer states, kernels, compilation (done above with --compile), allocator
@@ -175,6 +190,7 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     record("update", began)
     held = torch.cuda.memory_allocated() / 2**30
 
+    torch.cuda.empty_cache()  # reserved memory from here on is what the timed steps need
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
@@ -186,10 +202,11 @@ def measure(stage: int, precision: str, fused: bool, compile_unet: bool, overrid
     assert torch.isfinite(loss), "non-finite loss"
     if profile_one_step:
         profile_step(forward, backward, update)
-    return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile_unet,
+    return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile, "cuda_graph": cuda_graph,
             "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "held_between_steps_gib": held, **phases, **checks,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "held_between_steps_gib": held, **phases, **checks,
             **weight_memory(model), "trained_params": sum(p.numel() for p in model.trained_parameters()),
             "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": date.today().isoformat()}
 
@@ -199,15 +216,18 @@ def main() -> None:
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16")
     parser.add_argument("--fused_adam", action="store_true", help="torch's fused AdamW kernel")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (model.params.compile_unet)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet blocks and the VAE encoder (compile_unet, compile_first_stage_encoder)")
+    parser.add_argument("--cuda_graph", action="store_true",
+                        help="replay the loss's forward and backward from CUDA graphs (cuda_graph_training)")
     parser.add_argument("--profile", action="store_true", help="profile one more step (CPU vs GPU time per part)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
     require_cuda()
-    report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.set, args.steps, args.profile),
-           args.json)
+    report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.cuda_graph, args.set, args.steps,
+                   args.profile), args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sgm.modules.diffusionmodules.util import timestep_embedding
 from sgm.modules.encoders.aesthetic import AesEmbedder, middle_frame_pixels
 from sgm.modules.encoders.depth import DepthEmbedder
-from sgm.modules.encoders.image_ops import antialiased_resize, clip_normalize
+from sgm.modules.encoders.image_ops import CLIP_MEAN, CLIP_STD, antialiased_resize, clip_normalize
 from sgm.modules.encoders.openclip import FrozenOpenCLIPImageEmbedder, FrozenOpenCLIPImagePredictionEmbedder
 from sgm.checkpoint import CheckpointError
 from sgm.modules.encoders.pretrained import MissingPretrainedError
@@ -416,3 +416,12 @@ def test_depth_embedder_refuses_frames_too_small_for_its_scale():
     embedder = DepthEmbedder(version=None, depth_model=Flat())
     with pytest.raises(ValueError, match=re.escape("scale_factor=2.6666")):
         embedder(torch.zeros(2, 3, 64, 64))
+
+
+def test_clip_normalize_applies_the_clip_statistics_per_channel():
+    pixels = torch.rand(2, 3, 4, 5)
+    mean = torch.tensor(CLIP_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(clip_normalize(pixels), (pixels - mean) / std, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) RGB, got shape \(2, 4, 4, 5\)"):
+        clip_normalize(torch.rand(2, 4, 4, 5))

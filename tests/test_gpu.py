@@ -56,3 +56,92 @@ def test_full_size_sampling_smoke(stage):
         frames = refine_orbit(model, torch.rand(16, 3, size, size) * 2 - 1, 10.0, generator, num_steps=2)
     assert frames.shape == (16, 3, size, size)
     assert torch.isfinite(frames).all()
+
+
+TINY_V01 = ROOT / "configs" / "tiny-train-v01.yaml"
+
+
+def tiny_graphed_stage1(*overrides: str):
+    """The tiny stage-1 training model on the GPU with ``cuda_graph_training`` and no all-zero
+    parameters (zero-initialised output layers would leave most gradients exactly 0)."""
+    from sgm.config import build_model, load_config
+
+    config = load_config(TINY_V01, ["model.params.cuda_graph_training=true", *overrides])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = build_model(config).train()
+    with torch.no_grad():
+        for param in model.model.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.02)
+    return model
+
+
+def orbit_batch(model, clips: int = 1, device: str = "cuda") -> dict:
+    generator = torch.Generator().manual_seed(0)
+    size, frames = model.resolution, model.num_samples
+    video = torch.rand(clips, 3, frames, size, size, generator=generator) * 2 - 1
+    return {"video": video.to(device), "elevation": torch.full((clips,), 10.0, device=device),
+            "caption": ["an object"] * clips}
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True], ids=["plain", "checkpointed"])
+def test_graphed_training_loss_gives_the_eager_loss_and_gradients(use_checkpoint):
+    model = tiny_graphed_stage1(f"model.params.network_config.params.use_checkpoint={str(use_checkpoint).lower()}")
+    batch = orbit_batch(model)
+    model.training_loss(batch).backward()  # captures, then replays
+    assert model._graphed_loss.captured
+    model.zero_grad(set_to_none=True)
+
+    def loss_and_grads(loss_fn):
+        torch.manual_seed(7)  # the graph draws from the default generator as the eager step does
+        loss = loss_fn(batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.trained_parameters()])
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    graphed_loss, graphed_grads = loss_and_grads(model.training_loss)
+    eager_loss, eager_grads = loss_and_grads(model.shared_step)
+    assert eager_grads.norm() > 0
+    torch.testing.assert_close(graphed_loss, eager_loss, rtol=1e-5, atol=0)
+    assert (graphed_grads - eager_grads).norm() / eager_grads.norm() < 1e-4
+    # each replay draws new noise levels, noise and condition dropout
+    assert model.training_loss(batch).item() != model.training_loss(batch).item()
+    with pytest.raises(ValueError, match="captured for batches of another form: 'caption'.*'video'"):
+        model.training_loss(orbit_batch(model, clips=2))
+    old_storage = [p.data for p in model.parameters()]  # kept, so the new storage cannot take its addresses
+    model.cpu().cuda()
+    with pytest.raises(RuntimeError, match="moved or replaced since its capture"):
+        model.training_loss(batch)
+    del old_storage
+
+
+def test_cuda_graph_training_fits_under_lightning():
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    model = tiny_graphed_stage1()
+    model.learning_rate = 1e-3
+    before = {name: p.detach().cpu() for name, p in model.model.named_parameters()}
+
+    class Replayed(pl.Callback):
+        """Records at every step whether the loss came from a captured graph."""
+
+        def __init__(self):
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.steps.append(pl_module._graphed_loss is not None and pl_module._graphed_loss.captured)
+
+    replayed = Replayed()
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=3, precision="bf16-mixed", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[replayed])
+    batches = [orbit_batch(model, device="cpu") for _ in range(3)]
+    trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
+    assert trainer.global_step == 3 and replayed.steps == [True] * 3
+    assert model._graphed_loss is None  # dropped when fitting ended (Lightning then moves the model)
+    after = {name: p.detach().cpu() for name, p in model.model.named_parameters()}
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(after[name], before[name]) for name in before)

@@ -36,7 +36,7 @@ from sgm.training import (
     scaled_learning_rate,
     translate_trainer_options,
 )
-from sgm.util import instantiate_from_config
+from sgm.util import ConfigError, instantiate_from_config
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +217,27 @@ def test_compiled_block_bodies_give_the_eager_loss_and_gradients(orbit_folder: P
     assert counters["stats"]["unique_graphs"] >= 6 and not counters["graph_break"]
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
     assert ((compiled_grads - eager_grads).norm() / eager_grads.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("accumulate, message", [(2, "accumulate_grad_batches must be 1, not 2"),
+                                                 (1, "needs a CUDA device; the model is on cpu")])
+def test_cuda_graph_training_refuses_setups_it_cannot_replay(orbit_folder: Path, accumulate: int, message: str):
+    config = tiny_config(TINY_V01, orbit_folder, "model.params.cuda_graph_training=true")
+    model = build_model(config)
+    batch = first_batch(config)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate)
+    with pytest.raises(ConfigError, match=message):
+        trainer.fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert trainer.global_step == 0
+
+
+def test_cuda_graph_training_refuses_the_host_side_stage2_degradation(orbit_folder: Path):
+    config = tiny_config(TINY_V02, orbit_folder, "model.params.cuda_graph_training=true")
+    model = build_model(config)
+    assert model.degradation is not None
+    with pytest.raises(ConfigError, match="stage-2 degradation makes its choices .* on the host"):
+        model.training_loss(first_batch(config))
 
 
 def test_training_step_phases_are_labelled_for_the_profiler(orbit_folder: Path):

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 
 import pytorch_lightning as pl
+from pytorch_lightning.strategies import SingleDeviceStrategy
 import torch
 import torch.nn as nn
 from torch.profiler import record_function
@@ -18,11 +19,14 @@ from ..modules.diffusionmodules.guiders import in_two_halves
 from ..modules.diffusionmodules.util import compile_block_bodies
 from ..modules.diffusionmodules.wrappers import OpenAIWrapper
 from ..modules.distributions.distributions import DiagonalGaussianDistribution
-from ..util import instantiate_from_config
+from ..util import ConfigError, instantiate_from_config
+from .cuda_graph import GraphedLoss
 
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
 # Lightning precision -> the autocast dtype it trains under.
 AUTOCAST_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+# The config key of CUDA-graphed training, named in its errors.
+CUDA_GRAPH_KEY = "model.params.cuda_graph_training"
 # torch.profiler labels of the parts of a training step's forward (DiffusionEngine.shared_step).
 SHARED_STEP_PHASES = ("add_custom_cond", "encode_first_stage", "conditioner", "unet_loss")
 
@@ -80,6 +84,14 @@ class DiffusionEngine(pl.LightningModule):
             (:func:`~sgm.modules.diffusionmodules.util.compile_block_bodies`: activation
             checkpointing stays eager, so memory is the eager model's; the first step compiles for
             minutes). Inference pipelines compile the whole UNet instead.
+        compile_first_stage_encoder: ``torch.compile`` the frozen VAE encoder that encodes the
+            training clips (its norms and activations fused: half the time in bf16; the first
+            step compiles for about 20 s).
+        cuda_graph_training: replay the training loss's forward and backward from CUDA graphs
+            (:class:`~sgm.models.cuda_graph.GraphedLoss`), captured at the first step: the step
+            is no longer bound by Python's kernel launches. Needs one CUDA device
+            (single-device strategy), ``accumulate_grad_batches: 1`` and batches of one shape;
+            the graphs keep their memory between steps.
         half_precision_frozen_modules: in mixed-precision training (Lightning ``16-mixed`` or
             ``bf16-mixed``) hold the frozen autoencoder and embedders in the autocast dtype, as the
             official DeepSpeed fp16 run held its whole model: the VAE then encodes in half
@@ -108,6 +120,8 @@ class DiffusionEngine(pl.LightningModule):
         en_and_decode_n_samples_a_time: int | None = None,
         encode_n_samples_a_time: int | None = None,
         compile_unet: bool = False,
+        compile_first_stage_encoder: bool = False,
+        cuda_graph_training: bool = False,
         half_precision_frozen_modules: bool = False,
         num_samples: int = 16,
         trained_param_keys: Sequence[str] = ("all",),
@@ -138,6 +152,10 @@ class DiffusionEngine(pl.LightningModule):
             load_checkpoint(self, ckpt_path, allow_missing=ckpt_allow_missing)
         if compile_unet:
             compile_block_bodies(self.model.diffusion_model)
+        if compile_first_stage_encoder:
+            self.first_stage_model.encoder.compile()
+        self.cuda_graph_training = cuda_graph_training
+        self._graphed_loss: GraphedLoss | None = None
 
     # ------------------------------------------------------------------ parameters
     def _freeze_untrained_unet_parameters(self) -> None:
@@ -168,7 +186,37 @@ class DiffusionEngine(pl.LightningModule):
                 module.to(autocast_dtype)
 
     def on_fit_start(self) -> None:
+        if self.cuda_graph_training:
+            self._check_cuda_graph_training()
         self.apply_training_precision(AUTOCAST_DTYPES.get(str(self.trainer.precision)))
+
+    def on_fit_end(self) -> None:
+        # Lightning moves the model off the GPU after fitting, which invalidates a captured step;
+        # dropping it also frees the graphs' memory. A later fit captures anew.
+        self._graphed_loss = None
+
+    def cuda_graph_blocker(self) -> str | None:
+        """Why this engine's training loss cannot be replayed from a CUDA graph (None: it can)."""
+        return None
+
+    def _require_graphable_loss(self) -> None:
+        blocker = self.cuda_graph_blocker()
+        if blocker is not None:
+            raise ConfigError(f"{CUDA_GRAPH_KEY}=true cannot be used: {blocker}")
+
+    def _check_cuda_graph_training(self) -> None:
+        """Raise ``ConfigError`` if the model or the trainer's setup cannot replay a captured step."""
+        trainer, key = self.trainer, CUDA_GRAPH_KEY
+        self._require_graphable_loss()
+        if trainer.world_size != 1 or not isinstance(trainer.strategy, SingleDeviceStrategy):
+            raise ConfigError(f"{key}=true supports one device with the single-device strategy; the trainer uses "
+                              f"{type(trainer.strategy).__name__} over {trainer.world_size} processes "
+                              f"(set lightning.trainer.devices=1 and strategy=auto)")
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(f"{key}=true reuses its gradient buffers at every backward; "
+                              f"accumulate_grad_batches must be 1, not {trainer.accumulate_grad_batches}")
+        if self.device.type != "cuda":
+            raise ConfigError(f"{key}=true needs a CUDA device; the model is on {self.device}")
 
     def train(self, mode: bool = True) -> "DiffusionEngine":
         super().train(mode)
@@ -240,8 +288,18 @@ class DiffusionEngine(pl.LightningModule):
         with record_function("unet_loss"):
             return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
 
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of a training step: :meth:`shared_step`, replayed from CUDA graphs with
+        ``cuda_graph_training`` (captured at the first call)."""
+        if not self.cuda_graph_training:
+            return self.shared_step(batch)
+        if self._graphed_loss is None:
+            self._require_graphable_loss()
+            self._graphed_loss = GraphedLoss(self, self.shared_step)
+        return self._graphed_loss(batch)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.shared_step(batch)
+        loss = self.training_loss(batch)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[self.input_key].shape[0])
         return loss
 

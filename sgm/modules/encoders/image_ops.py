@@ -87,7 +87,13 @@ def antialiased_resize(
 
 
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> per-channel ``(x - mean) / std`` with the CLIP statistics."""
-    mean = torch.tensor(CLIP_MEAN, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=pixels.device, dtype=pixels.dtype).reshape(1, 3, 1, 1)
-    return (pixels - mean) / std
+    """(N, 3, H, W) RGB in [0, 1] -> per-channel ``(x - mean) / std`` with the CLIP statistics.
+
+    The statistics enter as Python scalars, one channel at a time: building them as a device
+    tensor would copy them from the host at every call, which synchronises the GPU stream and
+    cannot be captured in a CUDA graph.
+    """
+    if pixels.ndim != 4 or pixels.shape[1] != len(CLIP_MEAN):
+        raise ValueError(f"clip_normalize expects (N, 3, H, W) RGB, got shape {tuple(pixels.shape)}")
+    channels = [(pixels[:, c : c + 1] - mean) / std for c, (mean, std) in enumerate(zip(CLIP_MEAN, CLIP_STD))]
+    return torch.cat(channels, dim=1)
