@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,14 @@ def require(available: bool, what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing, and CI is set: .ci/run must install it")
     pytest.skip(f"{what} is not installed")
+
+
+@torch.no_grad()
+def redraw_zero_parameters(module: torch.nn.Module, std: float = 0.02) -> None:
+    """Draw every all-zero parameter of ``module`` from N(0, std^2) with the global RNG.
+
+    A randomly built UNet's zero-initialised output layers would leave most gradients exactly 0.
+    """
+    for param in module.parameters():
+        if not param.any():
+            param.normal_(0.0, std)

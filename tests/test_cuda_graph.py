@@ -10,7 +10,8 @@ from sgm.models.cuda_graph import GraphedLoss, batch_signature, describe_differe
 
 
 def clip_batch(clips: int = 1, dtype: torch.dtype = torch.float32, **changes) -> dict:
-    batch = {"video": torch.zeros(clips, 3, 4, 8, 8, dtype=dtype), "num_video_frames": 4, "caption": ["a chair"] * clips}
+    batch = {"video": torch.zeros(clips, 3, 4, 8, 8, dtype=dtype), "num_video_frames": 4,
+             "caption": ["a chair"] * clips}
     return {**batch, **changes}
 
 

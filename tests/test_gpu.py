@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, redraw_zero_parameters
 from parity_runners import RUNNERS
 from test_reference_parity import CASES, load_case
 
@@ -63,17 +63,14 @@ TINY_V01 = ROOT / "configs" / "tiny-train-v01.yaml"
 
 def tiny_graphed_stage1(*overrides: str):
     """The tiny stage-1 training model on the GPU with ``cuda_graph_training`` and no all-zero
-    parameters (zero-initialised output layers would leave most gradients exactly 0)."""
+    UNet parameters."""
     from sgm.config import build_model, load_config
 
     config = load_config(TINY_V01, ["model.params.cuda_graph_training=true", *overrides])
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = build_model(config).train()
-    with torch.no_grad():
-        for param in model.model.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.02)
+    redraw_zero_parameters(model.model)
     return model
 
 

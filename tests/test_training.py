@@ -21,6 +21,8 @@ import torch
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
 
+from conftest import redraw_zero_parameters
+
 from sgm.callbacks import ImageLogger
 from sgm.config import build_model, load_config
 from sgm.models.diffusion import SHARED_STEP_PHASES, video_to_frames
@@ -190,10 +192,7 @@ def test_compiled_block_bodies_give_the_eager_loss_and_gradients(orbit_folder: P
     config = tiny_config(TINY_V01, orbit_folder, "model.params.network_config.params.use_checkpoint=true")
     pl.seed_everything(0, verbose=False)
     model = build_model(config).train()
-    with torch.no_grad():  # zero-initialised output layers would leave most gradients at exactly 0
-        for p in model.model.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.02)
+    redraw_zero_parameters(model.model)
     batch = first_batch(config)
     block_types = (ResBlock, BasicTransformerBlock, VideoTransformerBlock)
     blocks = [m for m in model.model.modules() if isinstance(m, block_types)]

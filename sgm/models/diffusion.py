@@ -9,9 +9,9 @@ import contextlib
 from collections.abc import Iterable, Sequence
 
 import pytorch_lightning as pl
-from pytorch_lightning.strategies import SingleDeviceStrategy
 import torch
 import torch.nn as nn
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from torch.profiler import record_function
 
 from ..checkpoint import load_checkpoint
@@ -206,17 +206,17 @@ class DiffusionEngine(pl.LightningModule):
 
     def _check_cuda_graph_training(self) -> None:
         """Raise ``ConfigError`` if the model or the trainer's setup cannot replay a captured step."""
-        trainer, key = self.trainer, CUDA_GRAPH_KEY
+        trainer = self.trainer
         self._require_graphable_loss()
         if trainer.world_size != 1 or not isinstance(trainer.strategy, SingleDeviceStrategy):
-            raise ConfigError(f"{key}=true supports one device with the single-device strategy; the trainer uses "
-                              f"{type(trainer.strategy).__name__} over {trainer.world_size} processes "
-                              f"(set lightning.trainer.devices=1 and strategy=auto)")
+            raise ConfigError(f"{CUDA_GRAPH_KEY}=true supports one device with the single-device strategy; "
+                              f"the trainer uses {type(trainer.strategy).__name__} over {trainer.world_size} "
+                              "processes (set lightning.trainer.devices=1 and strategy=auto)")
         if trainer.accumulate_grad_batches != 1:
-            raise ConfigError(f"{key}=true reuses its gradient buffers at every backward; "
+            raise ConfigError(f"{CUDA_GRAPH_KEY}=true reuses its gradient buffers at every backward; "
                               f"accumulate_grad_batches must be 1, not {trainer.accumulate_grad_batches}")
         if self.device.type != "cuda":
-            raise ConfigError(f"{key}=true needs a CUDA device; the model is on {self.device}")
+            raise ConfigError(f"{CUDA_GRAPH_KEY}=true needs a CUDA device; the model is on {self.device}")
 
     def train(self, mode: bool = True) -> "DiffusionEngine":
         super().train(mode)
