@@ -14,7 +14,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--denoise_config", default="configs/inference-v01.yaml", help="stage-1 model config")
     parser.add_argument("--denoise_checkpoint", default=None,
-                        help="stage-1 weights (default: the config's 'checkpoint', ckpts/first_stage.pt)")
+                        help="stage-1 weights: a released .pt, a .safetensors, or a training run's "
+                             "checkpoints/last.ckpt (a file, or a DeepSpeed folder) (default: the config's 'checkpoint', "
+                             "ckpts/first_stage.pt)")
     add_sampling_args(parser)
     return parser.parse_args(argv)
 

@@ -16,7 +16,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--denoise_config", default="configs/inference-v02.yaml", help="stage-2 model config")
     parser.add_argument("--denoise_checkpoint", default=None,
-                        help="stage-2 weights (default: the config's 'checkpoint', ckpts/second_stage.pt)")
+                        help="stage-2 weights: a released .pt, a .safetensors, or a training run's "
+                             "checkpoints/last.ckpt (a file, or a DeepSpeed folder) (default: the config's 'checkpoint', "
+                             "ckpts/second_stage.pt)")
     add_sampling_args(parser, image_required=False)
     return parser.parse_args(argv)
 

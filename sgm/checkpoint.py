@@ -8,6 +8,8 @@ Layouts (chosen by file suffix and content):
   ``module.`` prefix (the released ``first_stage.pt`` / ``second_stage.pt``); a plain state
   dict saved as ``.pt`` is accepted too.
 - ``.bin`` / ``.pth``: a plain ``torch.save`` state dict.
+- a folder: a DeepSpeed ZeRO stage 1/2 checkpoint (Lightning's ``last.ckpt/`` under
+  ``deepspeed_stage_2``), read by :mod:`sgm.zero_checkpoint` (float32 master weights).
 
 Loading is strict by default: missing, unexpected and shape-mismatched keys are reported by
 name. A partial load must be asked for explicitly with ``allow_missing`` prefixes.
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from .zero_checkpoint import ZeroCheckpointError, read_zero_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        CheckpointError: if the suffix is unknown or the content is not a state dict.
+        CheckpointError: if the suffix is unknown, the content is not a state dict, or a folder
+            is not a readable DeepSpeed checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        try:
+            return read_zero_checkpoint(path)
+        except ZeroCheckpointError as err:
+            raise CheckpointError(str(err)) from err
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.strategies import DeepSpeedStrategy, SingleDeviceStrategy
 from torch.profiler import record_function
 
 from ..checkpoint import load_checkpoint
@@ -39,6 +39,19 @@ def select_parameters(
     if "all" in keys:
         return named
     return [(name, p) for name, p in named if any(key in name for key in keys)]
+
+
+def frozen_scalars_to_buffers(module: nn.Module) -> list[str]:
+    """Turn every frozen 0-dim parameter of ``module`` into a persistent buffer of the same name
+    (the state dict keeps its keys, shapes and values). Returns the qualified names."""
+    moved = []
+    for owner_name, owner in module.named_modules():
+        for name, param in list(owner.named_parameters(recurse=False)):
+            if param.dim() == 0 and not param.requires_grad:
+                del owner._parameters[name]
+                owner.register_buffer(name, param.detach(), persistent=True)
+                moved.append(f"{owner_name}.{name}" if owner_name else name)
+    return moved
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:
@@ -185,6 +198,13 @@ class DiffusionEngine(pl.LightningModule):
             for module in self.frozen_modules():
                 module.to(autocast_dtype)
 
+    def setup(self, stage: str) -> None:
+        # Runs before the strategy wraps the model. DeepSpeed (0.19) broadcasts every parameter
+        # from rank 0 as bytes, which fails on 0-dim ones; the only ones are frozen (CLIP's
+        # logit_scale), so they become buffers of the same name, shape and value there.
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            frozen_scalars_to_buffers(self)
+
     def on_fit_start(self) -> None:
         if self.cuda_graph_training:
             self._check_cuda_graph_training()
@@ -217,6 +237,20 @@ class DiffusionEngine(pl.LightningModule):
                               f"accumulate_grad_batches must be 1, not {trainer.accumulate_grad_batches}")
         if self.device.type != "cuda":
             raise ConfigError(f"{CUDA_GRAPH_KEY}=true needs a CUDA device; the model is on {self.device}")
+
+    def half_weights_autocast(self, device: torch.device):
+        """Autocast to the UNet's weight dtype when those weights are float16/bfloat16 and no
+        autocast is active on ``device``; otherwise nothing.
+
+        DeepSpeed's half-precision modes (Lightning ``deepspeed_stage_2`` under ``16-mixed`` or
+        ``bf16-mixed``) cast the whole module to half precision and run it without autocast,
+        as the official DeepSpeed run did. The latents and sigmas stay float32 here
+        (:meth:`shared_step`), so the UNet's matrix products need their inputs cast.
+        """
+        dtype = next(self.model.parameters()).dtype
+        if dtype not in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
 
     def train(self, mode: bool = True) -> "DiffusionEngine":
         super().train(mode)
@@ -285,7 +319,7 @@ class DiffusionEngine(pl.LightningModule):
             x0 = self.encode_first_stage(video_to_frames(batch[self.input_key])).float()
         with record_function("conditioner"):
             cond = self.conditioner(batch)
-        with record_function("unet_loss"):
+        with record_function("unet_loss"), self.half_weights_autocast(x0.device):
             return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
 
     def training_loss(self, batch: dict) -> torch.Tensor:
@@ -376,5 +410,6 @@ class DiffusionEngine(pl.LightningModule):
         """Guided samples (B*T, C, h, w) from unit noise of the same shape."""
         if self.sampler is None:
             raise RuntimeError("this model was built without sampler_config: it cannot sample")
-        return self.sampler(self.denoiser_fn(num_frames, split_guidance), noise, cond, uc,
-                            num_steps=num_steps, callback=callback)
+        with self.half_weights_autocast(noise.device):
+            return self.sampler(self.denoiser_fn(num_frames, split_guidance), noise, cond, uc,
+                                num_steps=num_steps, callback=callback)

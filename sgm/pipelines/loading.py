@@ -92,7 +92,7 @@ def resolve_checkpoint(spec: ModelSpec) -> Path | None:
     if checkpoint is None:
         return None
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():  # a file, or a DeepSpeed checkpoint folder
         raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS})")
     return checkpoint
 
@@ -112,7 +112,11 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)  # untrained (demo) weights are the same on every run
         # A released checkpoint holds every weight and is loaded strictly, so the encoders'
         # separate pretrained files are not read (and need not be downloaded) in that case.
-        model = build_model(load_config(spec.config), random_pretrained_encoders=True if checkpoint else None)
+        # Nor is the config's starting point (``model.params.ckpt_path``, e.g. the SVD weights of a
+        # training config): the checkpoint replaces every weight.
+        overrides = {"ckpt_path": None} if checkpoint else {}
+        model = build_model(load_config(spec.config), random_pretrained_encoders=True if checkpoint else None,
+                            **overrides)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     else:
