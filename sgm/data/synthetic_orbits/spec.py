@@ -4,10 +4,16 @@ An :class:`ObjectSpec` is a smooth union of analytic signed-distance primitives,
 its own object-space texture. It round-trips through JSON, so a later 3D stage can rebuild
 the exact ground-truth surface with :meth:`ObjectSpec.sdf`. Point sets are stored as rows
 ``(3, N)`` wherever speed matters (see :meth:`Primitive.sdf`). Lengths are world units.
+
+Every method runs on the device (and in the dtype) of the points it is given. The objects'
+constants become tensors once per (values, dtype, device) (:func:`constant`), so a GPU
+evaluation waits for no host-to-device copy, and small matrix products go through
+:func:`linear_rows`, which is exact float32 on a GPU whatever torch's TF32 settings are.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +35,52 @@ SIZE_FIELDS: dict[str, tuple[str, ...]] = {
 TEXTURE_KINDS = ("solid", "stripes", "checker", "noise")
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def constant(values, like: torch.Tensor) -> torch.Tensor:
+    """``like.new_tensor(values)``, made once per ``(values, like.dtype, like.device)`` and reused.
+
+    ``values`` is a (nested) tuple of numbers, e.g. a primitive's rotation ``(3, 3)``. Reusing
+    the tensor spares a host-to-device copy (a host sync on CUDA) at every SDF evaluation;
+    the values are those of ``new_tensor``, bit for bit. Callers must not modify the result
+    in place. Unhashable values (lists) are converted afresh.
+    """
+    try:
+        return _cached_constant(values, like.dtype, like.device)
+    except TypeError:
+        return like.new_tensor(values)
+
+
+def linear_rows(matrix: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``matrix @ rows (+ bias)`` for a small ``(R, K)`` matrix and rows ``(K, N)`` -> ``(R, N)``.
+
+    ``bias`` is ``(R, 1)``. On the CPU this is the plain matrix product (``addmm`` with a
+    bias), as the renders have always been computed. Elsewhere it is a sum of ``K`` rank-one
+    products in the points' dtype, so a GPU never rounds the points to TF32 (which would move
+    surfaces by about a pixel at 1024 px), whatever the global matmul precision is.
+    """
+    if rows.device.type == "cpu":
+        return matrix @ rows if bias is None else torch.addmm(bias, matrix, rows)
+    out = matrix[:, :1] * rows[:1] if bias is None else torch.addcmul(bias, matrix[:, :1], rows[:1])
+    for k in range(1, matrix.shape[1]):
+        out = torch.addcmul(out, matrix[:, k:k + 1], rows[k:k + 1])
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_local(rotation: tuple, center: tuple, dtype: torch.dtype,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-local matrix ``(3, 3)`` (= rotation^T) and offset ``(3, 1)``: ``local = m @ world + offset``."""
+    to_local = _cached_constant(rotation, dtype, device).T
+    center_t = _cached_constant(center, dtype, device)
+    if device.type == "cpu":
+        return to_local, -(to_local @ center_t)[:, None]
+    return to_local, -(to_local * center_t).sum(dim=1, keepdim=True)
+
+
 @dataclass(frozen=True)
 class Texture:
     """Two colours mixed by a pattern of sinusoidal waves in the primitive's local frame.
@@ -47,8 +99,8 @@ class Texture:
         """Weight of ``color_b`` at local points stored as rows ``(3, N)`` -> ``(N,)`` in [0, 1]."""
         if self.kind == "solid":
             return local.new_zeros(local.shape[1])
-        waves = local.new_tensor(self.waves)
-        sines = torch.sin(2.0 * math.pi * waves[:, :3] @ local + waves[:, 3:])
+        waves = constant(self.waves, local)
+        sines = torch.sin(linear_rows(2.0 * math.pi * waves[:, :3], local) + waves[:, 3:])
         if self.kind == "stripes":
             return (0.5 + 3.0 * sines[0]).clamp(0.0, 1.0)
         if self.kind == "checker":
@@ -60,7 +112,7 @@ class Texture:
     def albedo(self, local: torch.Tensor) -> torch.Tensor:
         """RGB rows ``(3, N)`` at local points stored as rows ``(3, N)``."""
         weight = self.mix_weight(local)
-        return torch.lerp(local.new_tensor(self.color_a)[:, None], local.new_tensor(self.color_b)[:, None], weight)
+        return torch.lerp(constant(self.color_a, local)[:, None], constant(self.color_b, local)[:, None], weight)
 
 
 @dataclass(frozen=True)
@@ -75,8 +127,12 @@ class Primitive:
 
     def local(self, points: torch.Tensor) -> torch.Tensor:
         """World points stored as rows ``(3, N)`` -> the same points in the local frame, ``(3, N)``."""
-        to_local = points.new_tensor(self.rotation).T
-        return torch.addmm(-(to_local @ points.new_tensor(self.center))[:, None], to_local, points)
+        try:
+            to_local, offset = _to_local(self.rotation, self.center, points.dtype, points.device)
+        except TypeError:  # a rotation or centre given as lists: no caching
+            to_local = points.new_tensor(self.rotation).T
+            offset = -(to_local @ points.new_tensor(self.center))[:, None]
+        return linear_rows(to_local, points, offset)
 
     def sdf(self, points: torch.Tensor) -> torch.Tensor:
         """Signed distance (negative inside) at world points stored as rows ``(3, N)`` -> ``(N,)``.
@@ -199,14 +255,18 @@ class ObjectSpec:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread(device: torch.device | str | None = None) -> Iterator[None]:
     """Run torch single-threaded inside the block (restoring the previous count afterwards).
 
     Evaluating :meth:`ObjectSpec.field` in many small tensor ops (the tracer, the
     normalisation grid of :mod:`.random_objects`) gains nothing from a second thread on an
     idle machine (measured) and slows down by an order of magnitude when another process
-    holds a core.
+    holds a core. ``device`` is where that work runs: for any device but the CPU (``None``
+    means the CPU) the block runs unchanged, since CPU threads play no part there.
     """
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
