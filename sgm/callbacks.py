@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,15 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from .pipelines.video_io import write_mp4
+from .util import ConfigError
 
 log = logging.getLogger(__name__)
 
 VIDEO_FPS = 6
+
+
+class ImageLoggerError(ConfigError):
+    """The image logger cannot run with this model (found when fitting starts, before step 0)."""
 
 
 class SetupCallback(pl.Callback):
@@ -80,12 +86,50 @@ def write_video_row(videos: torch.Tensor, path: Path, clamp: bool, fps: int = VI
     write_mp4(np.ascontiguousarray(frames.reshape(t, h, n * w, c).numpy()), path, fps=fps)
 
 
+def write_video_frames(videos: torch.Tensor, path: Path, clamp: bool) -> None:
+    """Save (N, 3, T, H, W) clips in [-1, 1] as one PNG grid: one row per clip, its T frames left to right
+    (what the image logger writes instead of an mp4 when no video writer is installed)."""
+    n, c, t, h, w = videos.shape
+    frames = videos.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+    grid = make_grid(to_uint8(frames, clamp), nrow=t, padding=0)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def mp4_writer_problem() -> str | None:
+    """Why mp4 files cannot be written here (e.g. imageio without its ffmpeg plugin), or None.
+
+    Probes by writing a 2-frame 16x16 clip with :func:`~sgm.pipelines.video_io.write_mp4` to a
+    temporary file: the same call the logger makes, so a missing package, a missing ffmpeg binary
+    or a missing codec all show; it takes a fraction of a second.
+    """
+    with tempfile.TemporaryDirectory(prefix="hi3d-mp4-probe-") as folder:
+        try:
+            write_mp4(np.zeros((2, 16, 16, 3), dtype=np.uint8), Path(folder) / "probe.mp4", fps=VIDEO_FPS)
+        except Exception as err:  # any failure means: no mp4 here
+            return f"{type(err).__name__}: {err}"
+    return None
+
+
 class ImageLogger(pl.Callback):
     """Every ``batch_frequency`` batches, call ``pl_module.log_images`` and save the results.
 
     Files go to ``<trainer.default_root_dir>/image_log/train/`` (rank 0 only): keys containing
     ``video`` (tensors (N, 3, T, H, W)) as mp4 at 6 fps, the others ((N, 3, H, W)) as PNG
     grids, named ``<key>_gs-<global step>_e-<epoch>_b-<batch index>``.
+
+    Logging can never stop or hang training:
+
+    - When fitting starts, a model without ``log_images`` is an :class:`ImageLoggerError` (on
+      every rank, before step 0), and rank 0 checks that mp4 files can be written
+      (:func:`mp4_writer_problem`); if not, it warns once, naming the ``imageio-ffmpeg`` package,
+      and saves video keys as PNG frame grids (:func:`write_video_frames`) instead.
+    - Any error inside a logging call (``log_images`` or writing the files) is logged as a
+      warning with the global step and its traceback, once per distinct error, and training
+      goes on.
+    - ``log_images`` runs on rank 0 only, so it must not synchronise across ranks (no
+      collectives, no ``self.log(..., sync_dist=True)``): the other ranks would wait for it
+      forever. It is called on the bare LightningModule, not on the DDP/DeepSpeed wrapper, so no
+      gradient or buffer synchronisation runs either.
 
     Args:
         batch_frequency: log when the step index is a multiple of this.
@@ -122,6 +166,8 @@ class ImageLogger(pl.Callback):
         self.early_steps = {2**k for k in range(batch_frequency.bit_length()) if 2**k < batch_frequency}
         if not increase_log_steps:
             self.early_steps = set()
+        self.videos_as_png = False
+        self.reported_errors: set[tuple[str, str]] = set()
 
     def should_log(self, index: int) -> bool:
         """Whether step index ``index`` is logged (early power-of-two steps only once each)."""
@@ -134,13 +180,44 @@ class ImageLogger(pl.Callback):
             return True
         return index % self.batch_frequency == 0
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse a model without ``log_images``; on rank 0, fall back to PNG when mp4 cannot be written."""
+        if self.disabled:
+            return
+        if not callable(getattr(pl_module, "log_images", None)):
+            raise ImageLoggerError(f"ImageLogger: {type(pl_module).__name__} has no log_images(batch, ...) method; "
+                                   "remove lightning.callbacks.image_logger or set its params.disabled: true")
+        if not trainer.is_global_zero:
+            return
+        problem = mp4_writer_problem()
+        if problem is not None:
+            self.videos_as_png = True
+            log.warning("ImageLogger: cannot write mp4 videos (%s); video keys are saved as PNG frame grids "
+                        "instead. Install the 'imageio-ffmpeg' package (pip install imageio-ffmpeg) for mp4 files.",
+                        problem)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch: dict,
                            batch_idx: int) -> None:
         index = batch_idx if self.log_on_batch_idx else trainer.global_step
         if not self.should_log(index) or not trainer.is_global_zero:
             return
-        if not callable(getattr(pl_module, "log_images", None)):
-            raise TypeError(f"ImageLogger: {type(pl_module).__name__} has no log_images(batch, ...) method")
+        try:
+            self.log_batch(trainer, pl_module, batch, batch_idx)
+        except Exception as err:  # a logging failure must not end the run (see the class docstring)
+            self.report_failure(err, trainer.global_step)
+
+    def report_failure(self, err: Exception, global_step: int) -> None:
+        """Warn about a failed logging call, once per distinct error (type and message)."""
+        key = (type(err).__name__, str(err))
+        if key in self.reported_errors:
+            log.debug("ImageLogger: logging at global step %d failed again: %s: %s", global_step, *key)
+            return
+        self.reported_errors.add(key)
+        log.warning("ImageLogger: logging at global step %d failed (%s: %s); training goes on, and this error is "
+                    "not reported again", global_step, *key, exc_info=err)
+
+    def log_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int) -> None:
+        """Call ``log_images`` on ``batch`` (eval mode, no gradients) and write its results."""
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -153,7 +230,9 @@ class ImageLogger(pl.Callback):
         stem = f"gs-{trainer.global_step:06}_e-{trainer.current_epoch:06}_b-{batch_idx:06}"
         for key, tensor in images.items():
             tensor = tensor[: self.max_images]
-            if "video" in key:
+            if "video" in key and self.videos_as_png:
+                write_video_frames(tensor, folder / f"{key}_{stem}.png", self.clamp)
+            elif "video" in key:
                 write_video_row(tensor, folder / f"{key}_{stem}.mp4", self.clamp)
             else:
                 write_image_grid(tensor, folder / f"{key}_{stem}.png", self.clamp)

@@ -43,15 +43,19 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.strategies import DeepSpeedStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from .callbacks import SetupCallback
 from .config import build_model, load_config
+from .distributed_faults import RankFailureGuard, watch_ranks
 from .util import ConfigError, instantiate_from_config
+from .zero_checkpoint import is_zero_checkpoint, saved_world_size
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2")
 PRECISIONS = {"16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
@@ -121,7 +125,7 @@ def _check_strategy(options: dict) -> None:
         raise TrainingConfigError(f"lightning.trainer.strategy={strategy!r} is not supported; use one of {STRATEGIES}")
     if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise TrainingConfigError(f"lightning.trainer.strategy={strategy!r} needs the 'deepspeed' package, which is "
-                                  "not installed; install it or use strategy=ddp")
+                                  "not installed: pip install -e .[deepspeed], or set lightning.trainer.strategy=ddp")
 
 
 def _map_precision(options: dict) -> None:
@@ -308,6 +312,61 @@ def apply_cli(trainer_options: dict, options: TrainOptions) -> dict:
     return trainer_options
 
 
+def check_accelerator(trainer_options: Mapping, cuda_available: bool) -> None:
+    """Refuse, before anything is built, what the machine cannot run: a GPU accelerator without
+    CUDA, and DeepSpeed (CUDA only) on the CPU.
+
+    Raises:
+        TrainingConfigError: naming ``lightning.trainer.accelerator`` / ``strategy`` and the fix.
+    """
+    accelerator = str(trainer_options.get("accelerator", "auto"))
+    strategy = str(trainer_options.get("strategy", "auto"))
+    if accelerator in ("gpu", "cuda") and not cuda_available:
+        raise TrainingConfigError(f"lightning.trainer.accelerator={accelerator!r} but CUDA is not available on this "
+                                  "machine: pass --accelerator cpu (with lightning.trainer.strategy=ddp or auto)")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda_available)
+    if strategy.startswith("deepspeed") and on_cpu:
+        raise TrainingConfigError(f"lightning.trainer.strategy={strategy!r} runs on CUDA GPUs only and this run "
+                                  f"uses the CPU (accelerator={accelerator!r}): set lightning.trainer.strategy=ddp "
+                                  "(several processes) or auto (one)")
+
+
+def model_init_device(trainer_options: Mapping, cuda_available: bool) -> torch.device:
+    """Where this process builds (and randomly initialises) the model: the GPU it will train on,
+    else the CPU. Random initialisation of the full-size models takes minutes on the CPU and
+    well under a second on a GPU; every rank still builds the same weights from the same seed.
+    The GPU is this process's entry (``LOCAL_RANK``) of ``devices`` (ids, or a count of GPUs)."""
+    if not cuda_available or str(trainer_options.get("accelerator", "auto")) == "cpu":
+        return torch.device("cpu")
+    devices = trainer_options.get("devices", "auto")
+    ids = list(devices) if isinstance(devices, (list, tuple)) else list(range(torch.cuda.device_count()))
+    return torch.device("cuda", ids[int(os.environ.get("LOCAL_RANK", 0))])
+
+
+def check_resume(checkpoint: Path, deepspeed: bool, world_size: int) -> None:
+    """Refuse a resume the strategy cannot load: a DeepSpeed checkpoint folder outside DeepSpeed
+    (``deepspeed`` False) or with another number of ranks than ``world_size`` (ZeRO's optimizer
+    partitions are per rank), and a checkpoint file under DeepSpeed.
+
+    Raises:
+        TrainingConfigError: naming the checkpoint, the strategy and what to do instead.
+    """
+    restart = (f"or convert it (python scripts/convert_checkpoint.py --input {checkpoint} --output W.safetensors) "
+               "and start a new run from its weights with model.params.ckpt_path=W.safetensors")
+    if is_zero_checkpoint(checkpoint):
+        if not deepspeed:
+            raise TrainingConfigError(f"--resume {checkpoint} is a DeepSpeed checkpoint: resume it with "
+                                      f"lightning.trainer.strategy=deepspeed_stage_2, {restart}")
+        saved = saved_world_size(checkpoint)
+        if saved != world_size:
+            raise TrainingConfigError(f"--resume {checkpoint} was saved by {saved} DeepSpeed ranks and this run has "
+                                      f"{world_size}: ZeRO's optimizer state is split per rank; resume on "
+                                      f"{saved} GPUs (--devices {saved}), {restart}")
+    elif deepspeed:
+        raise TrainingConfigError(f"--resume {checkpoint} is a Lightning checkpoint file, which DeepSpeed cannot "
+                                  f"resume: resume it with lightning.trainer.strategy=ddp (or auto), {restart}")
+
+
 def build_trainer(config: DictConfig, folders: RunFolders, options: TrainOptions, has_validation: bool) -> pl.Trainer:
     """The Trainer of ``config.lightning`` with the run's callbacks and logger."""
     lightning = OmegaConf.to_container(config.get("lightning") or OmegaConf.create(), resolve=True)
@@ -318,6 +377,7 @@ def build_trainer(config: DictConfig, folders: RunFolders, options: TrainOptions
     callbacks = [
         SetupCallback(folders.logdir, folders.ckptdir, folders.cfgdir, config, folders.now),
         RankSeed(options.seed),
+        RankFailureGuard(),  # a failing rank ends every rank (sgm.distributed_faults)
         LearningRateMonitor(logging_interval="step"),
         last_checkpoint_callback(folders.ckptdir, (lightning.get("modelcheckpoint") or {}).get("params")),
         *config_callbacks(lightning.get("callbacks") or {}, folders.ckptdir),
@@ -349,21 +409,39 @@ def set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl
     return model.learning_rate
 
 
+def release_process_group() -> None:
+    """Destroy this process's default process group, if any, once training is over: a local
+    step (no collective) that PyTorch asks for before exit; left to the interpreter's shutdown,
+    NCCL's teardown can hold a finished rank for minutes (seen: a DDP child rank on 2 H200s still
+    alive 60 s after rank 0 had finished)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run(options: TrainOptions) -> pl.Trainer:
     """Build model, data and trainer from the options; fit when ``options.train``."""
     folders, base = plan_run(options)
     config = load_config(base, options.overrides)
     if config.get("data") is None:
         raise TrainingConfigError("the config has no 'data' section")
+    # Checked before the (slow) model build; the validation-step check waits for the model.
+    trainer_section = OmegaConf.to_container(config.get("lightning", {}).get("trainer") or {}, resolve=True)
+    early_options = apply_cli(translate_trainer_options(trainer_section, has_validation=True), options)
+    check_accelerator(early_options, torch.cuda.is_available())
     pl.seed_everything(options.seed, workers=True)
-    model = build_model(config)
+    with model_init_device(early_options, torch.cuda.is_available()):
+        model = build_model(config)
     data = instantiate_from_config(config.data)
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
     trainer = build_trainer(config, folders, options, has_validation)
     set_learning_rate(model, config, trainer, options.scale_lr)
+    if folders.checkpoint is not None:
+        check_resume(folders.checkpoint, isinstance(trainer.strategy, DeepSpeedStrategy), trainer.world_size)
     rank_zero_info(f"run folder: {folders.logdir}")
     if options.train:
-        trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
+        with watch_ranks(trainer):  # a failing rank ends every rank, with its error (sgm.distributed_faults)
+            trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
+            release_process_group()
     else:
         rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
     if not options.no_test and not is_overridden("test_step", model, pl.LightningModule):

@@ -368,3 +368,12 @@ def test_ddp_two_cpu_processes_and_resume(orbit_folder: Path, tmp_path: Path):
     state = torch.load(logdir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 4
     assert list((tmp_path / "logs").iterdir()) == [logdir], "resume must reuse the run folder"
+
+    # a checkpoint of 2 processes resumes in 1, and that one again in 2
+    for tag, devices, steps in (("third", "1", 5), ("fourth", "2", 6)):
+        run_script(["--resume", str(logdir), *common[:-1], devices, "--max_steps", str(steps),
+                    f"lightning.callbacks.checksum.params.tag={tag}",
+                    "lightning.callbacks.image_logger.params.disabled=true"], env)
+        ranks = [json.loads(path.read_text()) for path in sorted(out.glob(f"{tag}-rank*.json"))]
+        assert [(r["start"], r["end"], r["world_size"]) for r in ranks] == [(steps - 1, steps, int(devices))] * int(devices)
+        assert len({r["sha256"] for r in ranks}) == 1
