@@ -1,6 +1,7 @@
 """Hi3D stage 2: refine the stage-1 orbit in --output_dir to 1024x1024.
 
-Reads OUT/temp_image/white.png and OUT/first_step/first.mp4 written by stage 1.
+Reads OUT/temp_image/white.png and OUT/first_step/first.mp4 written by stage 1 (checked against
+OUT/first_step/run.json; --image_path, when given, must be the image stage 1 was run on).
 
     python pipeline_i2v_eval_v02.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
 """
@@ -30,7 +31,8 @@ def main(argv=None) -> None:
     if pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     result = pipe.run_refine(args.output_dir, elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,
-                             min_cfg=args.min_cfg, max_cfg=args.max_cfg, overwrite=args.overwrite)
+                             min_cfg=args.min_cfg, max_cfg=args.max_cfg, overwrite=args.overwrite,
+                             image=args.image_path)
     print(f"stage 2 done: {result.video} ({len(result.views)} views in {result.views[0].parent}, "
           f"masks in {result.extra['masks']})")
 

@@ -70,9 +70,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix not in SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint suffix {suffix!r} (expected one of {', '.join(SUFFIXES)})")
     if suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read {path} as a .safetensors checkpoint ({err}): the file is damaged or "
+                                  "not a safetensors file") from err
     content = _torch_load(path)
     if not isinstance(content, Mapping):
         raise CheckpointError(f"{path}: expected a dict, found {type(content).__name__}")

@@ -11,29 +11,38 @@ import sys
 from typing import Callable
 
 from .checkpoint import CheckpointError
-from .pipelines.errors import UsageError
+from .pipelines.checks import SEED_MAX, TRAINED_ELEVATION_DEG
+from .pipelines.errors import NonFiniteOutputError, UsageError
 from .pipelines.loading import COMPILE_CHOICES, DeviceError
 from .pipelines.outputs import OutputExistsError
 from .util import ConfigError
 
 # Errors a user can cause and fix: reported in one line, exit code 2. Anything else is a bug: traceback.
-USER_ERRORS = (FileNotFoundError, OutputExistsError, UsageError, CheckpointError, ConfigError, DeviceError)
+USER_ERRORS = (FileNotFoundError, OutputExistsError, UsageError, CheckpointError, ConfigError, DeviceError,
+               NonFiniteOutputError)
 DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
                "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = True) -> None:
-    """Flags shared by both stages (stage 2 accepts --image_path but reads the stage-1 outputs)."""
-    parser.add_argument("--image_path", required=image_required,
-                        help="input image (RGBA, or RGB: background removed with rembg if installed)")
+    """Flags shared by both stages (stage 2 reads the stage-1 outputs; its optional --image_path is checked
+    to be the image stage 1 was run on)."""
+    image_help = ("input image (RGBA, or RGB: background removed with rembg if installed)" if image_required else
+                  "optional: the image stage 1 was run on; refused if the stage-1 outputs were made from another")
+    parser.add_argument("--image_path", required=image_required, help=image_help)
     parser.add_argument("--output_dir", required=True, help="folder for this image's results")
-    parser.add_argument("--elevation", type=float, default=0.0, help="camera elevation of the input view, in degrees (training used -10..40)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same output")
+    low, high = TRAINED_ELEVATION_DEG
+    parser.add_argument("--elevation", type=float, default=0.0,
+                        help=f"camera elevation of the input view, in degrees; the models were trained on {low:g} to "
+                             f"{high:g}: other values run with a warning, NaN/inf are refused")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"random seed, 0 to {SEED_MAX}: the same seed gives the same output")
     parser.add_argument("--num_steps", type=int, default=None, help="sampling steps (default: the config's, 25)")
     parser.add_argument("--min_cfg", type=float, default=None, help="guidance scale of frame 0 (default: the config's, 1.0)")
     parser.add_argument("--max_cfg", type=float, default=None, help="guidance scale of the last frame (default: the config's)")
     add_execution_args(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace earlier results of this stage in --output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier results of this stage in --output_dir (only once the run has succeeded)")
 
 
 def add_execution_args(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Errors a user of the pipelines can cause and fix (bad input, bad option, existing results)."""
+"""Errors a user of the pipelines can cause and fix (bad input, bad option, existing results, broken weights)."""
 
 
 class UsageError(ValueError):
@@ -7,3 +7,7 @@ class UsageError(ValueError):
 
 class MissingCheckpointError(FileNotFoundError):
     """Released checkpoints expected in a folder are absent; the message names them and ckpts/README.md."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A stage decoded NaN or inf values; nothing of the run was written (the message says what to try)."""

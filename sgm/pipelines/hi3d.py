@@ -20,20 +20,19 @@ import torch
 from PIL import Image
 
 from ..modules.diffusionmodules.sampling import StepCallback
-from ..recon.reconstruct import ReconstructConfig, ReconstructResult, reconstruct
+from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
+from .checks import RunSettings, check_settings, require_finite_frames
 from .errors import MissingCheckpointError, UsageError
 from .images import (
-    check_image_size,
-    composite_on_white,
     contact_sheet,
     foreground_masks,
     pixels_to_tensor,
     read_image,
-    remove_background,
     resize_and_center_crop,
     resize_bilinear,
     tensor_to_pixels,
 )
+from .inputs import InputImage, load_input, open_input
 from .loading import (
     ExecutionPlan,
     ModelSpec,
@@ -44,11 +43,14 @@ from .loading import (
     resolve_dtype,
 )
 from .outputs import OutputLayout
+from .records import check_stage1_outputs, image_sha256, read_stage1_record, write_stage1_record, write_stage2_record
 from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input_frames
+from .staging import StagedOutput
 from .video_io import read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
 STAGES = ("orbit", "refine", "mesh")
+STAGE_NUMBERS = {"orbit": 1, "refine": 2}
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The released weights of each stage model and the config of its architecture (see ckpts/README.md).
 PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
@@ -125,6 +127,7 @@ class Hi3DPipeline:
         self.plan = ExecutionPlan(self.device, low_memory)
         self.compile = resolve_compile(compile, self.device, low_memory)
         self._models: dict[str, torch.nn.Module] = {}
+        self._weights: dict[str, dict] = {}  # per stage: the config and checkpoint its model came from
 
     @classmethod
     def from_configs(
@@ -166,7 +169,9 @@ class Hi3DPipeline:
             if spec is None:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
             home = torch.device("cpu") if self.plan.low_memory else self.device
-            model, _ = load_stage_model(spec, home, self.dtype)
+            model, checkpoint = load_stage_model(spec, home, self.dtype)
+            self._weights[stage] = {"config": str(spec.config),
+                                    "checkpoint": None if checkpoint is None else str(checkpoint)}
             if self.compile:
                 model.model.diffusion_model.compile()  # torch.compile in place; state-dict keys unchanged
             self._models[stage] = model
@@ -189,70 +194,81 @@ class Hi3DPipeline:
         torch.manual_seed(seed)  # anything outside our explicit generator is seeded too
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def prepare_input(self, image: str | Path | Image.Image, layout: OutputLayout) -> np.ndarray:
-        """Save ``rgba.png`` and ``white.png`` and return the white-composited RGB pixels (H, W, 3)."""
-        if isinstance(image, Image.Image):
-            check_image_size(*image.size)
-        else:
-            image = read_image(image)  # checks the size from the header
-        rgba = remove_background(image, self.use_rembg)
-        white = composite_on_white(rgba)
-        layout.rgba.parent.mkdir(parents=True, exist_ok=True)
-        rgba.save(layout.rgba)
-        white.save(layout.white)
-        return np.asarray(white)
+    def load_input(self, image: str | Path | Image.Image) -> InputImage:
+        """Read and check the stage-1 input and remove its background (see :func:`~sgm.pipelines.inputs.load_input`)."""
+        return load_input(image, self.use_rembg)
 
     def run_orbit(
         self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
         num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
         overwrite: bool = False, callback: StepCallback | None = None,
     ) -> StageResult:
-        """Stage 1: write the input images, the orbit video, its views and a contact sheet."""
-        layout = OutputLayout(Path(output_dir))
-        layout.ensure_writable(1, overwrite)
-        check_steps(num_steps)
-        model = self.model("orbit")
-        size = model_resolution(model)
-        white = self.prepare_input(image, layout)
-        frame = pixels_to_tensor(resize_and_center_crop(white, size))
-        with guidance_range(model, min_cfg, max_cfg):
-            frames = generate_orbit(model, frame, elevation_deg, self._generator(seed), num_steps, callback, self.plan)
-        pixels = tensor_to_pixels(frames)
-        write_mp4(pixels, layout.first_video)
-        views = write_views(pixels, layout.first_views)
-        Image.fromarray(contact_sheet(pixels)).save(layout.first_sheet)
-        return StageResult(layout.first_video, views, pixels, {"contact_sheet": layout.first_sheet,
-                                                               "white": layout.white, "rgba": layout.rgba})
+        """Stage 1: write the input images, the orbit video, its views, a contact sheet and
+        ``first_step/run.json`` (see :meth:`__call__` for the checks and the all-or-nothing writing)."""
+        return self(image, output_dir, elevation_deg, seed, num_steps, min_cfg, max_cfg, stages=("orbit",),
+                    overwrite=overwrite, callback=callback).orbit
 
     def run_refine(
         self, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
         num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
-        overwrite: bool = False, callback: StepCallback | None = None,
+        overwrite: bool = False, callback: StepCallback | None = None, image=None,
     ) -> StageResult:
-        """Stage 2: read ``white.png`` and ``first.mp4`` from ``output_dir``, write the refined orbit."""
-        layout = OutputLayout(Path(output_dir))
+        """Stage 2: read ``white.png`` and ``first.mp4`` from ``output_dir``, write the refined orbit.
+
+        The stage-1 files must match their record (``first_step/run.json``); ``image`` (a path or
+        PIL image), when given, must be the one stage 1 was run on.
+        """
+        return self(image, output_dir, elevation_deg, seed, num_steps, min_cfg, max_cfg, stages=("refine",),
+                    overwrite=overwrite, callback=callback).refined
+
+    def _check_stage1(self, layout: OutputLayout, image) -> dict | None:
+        """Stage-1 outputs present, matching their record and, when ``image`` is given, made from it."""
         layout.require_stage1()
-        layout.ensure_writable(2, overwrite)
-        check_steps(num_steps)
+        if image is None:
+            return check_stage1_outputs(layout)
+        picture, _, name = open_input(image)
+        return check_stage1_outputs(layout, image_sha256(picture), name)
+
+    def _orbit(self, source: InputImage, target: OutputLayout, settings: RunSettings,
+               callback: StepCallback | None) -> np.ndarray:
+        """Sample the orbit of ``source`` and write stage 1's files into ``target``; returns uint8 (T, H, W, 3)."""
+        model = self.model("orbit")
+        frame = pixels_to_tensor(resize_and_center_crop(np.asarray(source.white), model_resolution(model)))
+        with guidance_range(model, settings.min_cfg, settings.max_cfg):
+            frames = generate_orbit(model, frame, settings.elevation_deg, self._generator(settings.seed),
+                                    settings.num_steps, callback, self.plan)
+        pixels = tensor_to_pixels(require_finite_frames(frames, "stage 1 (orbit)", self.dtype))
+        target.rgba.parent.mkdir(parents=True, exist_ok=True)
+        source.rgba.save(target.rgba)
+        source.white.save(target.white)
+        write_mp4(pixels, target.first_video)
+        write_views(pixels, target.first_views)
+        Image.fromarray(contact_sheet(pixels)).save(target.first_sheet)
+        write_stage1_record(target, source.path, source.sha256, settings, self._weights["orbit"])
+        return pixels
+
+    def _refine(self, source: OutputLayout, target: OutputLayout, settings: RunSettings, stage1: dict | None,
+                callback: StepCallback | None) -> np.ndarray:
+        """Refine the stage-1 orbit in ``source``, write stage 2's files into ``target``; returns uint8 (T, H, W, 3)."""
         model = self.model("refine")
         size = model_resolution(model)
-        video = read_mp4(layout.first_video)
-        white = np.asarray(read_image(layout.white).convert("RGB"))
+        video = read_mp4(source.first_video)
+        white = np.asarray(read_image(source.white).convert("RGB"))
         views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
         frames = pixels_to_tensor(resize_bilinear(views, size, size))
-        with guidance_range(model, min_cfg, max_cfg):
-            refined = refine_orbit(model, frames, elevation_deg, self._generator(seed), num_steps, callback=callback,
-                                   plan=self.plan)
-        pixels = tensor_to_pixels(refined)
-        write_mp4(pixels, layout.second_video)
-        paths = write_views(pixels, layout.second_views)
+        with guidance_range(model, settings.min_cfg, settings.max_cfg):
+            refined = refine_orbit(model, frames, settings.elevation_deg, self._generator(settings.seed),
+                                   settings.num_steps, callback=callback, plan=self.plan)
+        pixels = tensor_to_pixels(require_finite_frames(refined, "stage 2 (refine)", self.dtype))
+        write_mp4(pixels, target.second_video)
+        write_views(pixels, target.second_views)
         masks = foreground_masks(pixels).astype(np.uint8) * 255
-        layout.second_masks.mkdir(parents=True, exist_ok=True)
+        target.second_masks.mkdir(parents=True, exist_ok=True)
         for index, mask in enumerate(masks):
-            Image.fromarray(mask).save(layout.second_masks / f"mask_{index:02d}.png")
-        Image.fromarray(contact_sheet(pixels)).save(layout.second_sheet)
-        return StageResult(layout.second_video, paths, pixels, {"contact_sheet": layout.second_sheet,
-                                                                "masks": layout.second_masks})
+            Image.fromarray(mask).save(target.second_masks / f"mask_{index:02d}.png")
+        Image.fromarray(contact_sheet(pixels)).save(target.second_sheet)
+        write_stage2_record(target, settings, self._weights["refine"], stage1)
+        return pixels
 
     def run_mesh(
         self, output_dir: str | Path, elevation_deg: float = 0.0, overwrite: bool = False,
@@ -276,8 +292,18 @@ class Hi3DPipeline:
     ) -> Hi3DResult:
         """Run the requested stages in order on one image.
 
-        ``min_cfg`` / ``max_cfg`` (guidance of the first / last frame) apply to both diffusion
-        stages; None keeps each config's values. ``image`` is only read by the "orbit" stage.
+        ``elevation_deg`` is in degrees (finite; outside the trained -10..40 it runs with a warning),
+        ``seed`` an integer in 0..2^64-1. ``min_cfg`` / ``max_cfg`` (guidance of the first / last
+        frame) apply to both diffusion stages; None keeps each config's values. ``image`` (a path or
+        a PIL image) is the input of "orbit"; with "refine" alone it is optional and, when given,
+        must be the image stage 1 was run on.
+
+        Everything is checked before any model is built and anything is written: the settings, the
+        image, the output folder (and, for "refine" alone, the stage-1 outputs against their record).
+        The diffusion stages write into a temporary folder inside ``output_dir`` whose contents
+        replace earlier results only when every requested diffusion stage has succeeded
+        (:class:`~sgm.pipelines.staging.StagedOutput`): a failed run leaves ``output_dir`` as it was.
+
         ``callback(step_index, total_steps)`` is called after each step of every stage that runs
         (sampler steps of the two diffusion stages, reconstruction steps of "mesh"); each stage
         counts its own steps from 0.
@@ -286,15 +312,37 @@ class Hi3DPipeline:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise UsageError(f"unknown stages {sorted(unknown)}: choose from {STAGES}")
-        result = Hi3DResult(Path(output_dir))
-        common = dict(elevation_deg=elevation_deg, seed=seed, num_steps=num_steps, min_cfg=min_cfg,
-                      max_cfg=max_cfg, overwrite=overwrite, callback=callback)
-        if "orbit" in stages:
-            result.orbit = self.run_orbit(image, output_dir, **common)
-            self._after_stage()
-        if "refine" in stages:
-            result.refined = self.run_refine(output_dir, **common)
-            self._after_stage()
+        layout = OutputLayout(Path(output_dir))
+        diffusion = [stage for stage in ("orbit", "refine") if stage in stages]
+        settings = check_settings(elevation_deg, seed, num_steps, min_cfg, max_cfg) if diffusion else None
+        for stage in diffusion:
+            layout.ensure_writable(STAGE_NUMBERS[stage], overwrite)
+        if "mesh" in stages:
+            check_output_dir(layout.mesh_dir, overwrite)
+        source = self.load_input(image) if "orbit" in stages else None
+        stage1 = self._check_stage1(layout, image) if diffusion == ["refine"] else None
+        for stage in diffusion:
+            self.model(stage)  # a bad checkpoint stops the run here, before anything is written
+        result = Hi3DResult(layout.root)
+        if diffusion:
+            with StagedOutput(layout.root, overwrite) as folder:
+                staged = OutputLayout(folder)
+                if source is not None:
+                    orbit = self._orbit(source, staged, settings, callback)
+                    stage1 = read_stage1_record(staged)
+                    self._after_stage()
+                if "refine" in stages:
+                    refined = self._refine(staged if source is not None else layout, staged, settings, stage1, callback)
+                    self._after_stage()
+            if source is not None:
+                result.orbit = StageResult(layout.first_video, _views(layout.first_views, orbit), orbit,
+                                           {"contact_sheet": layout.first_sheet, "white": layout.white,
+                                            "rgba": layout.rgba, "record": layout.first_record})
+            if "refine" in stages:
+                result.refined = StageResult(layout.second_video, _views(layout.second_views, refined), refined,
+                                             {"contact_sheet": layout.second_sheet, "masks": layout.second_masks,
+                                              "record": layout.second_record})
+            _warn_about_stale_results(layout, stages)
         if "mesh" in stages:
             result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config, callback)
             self._after_stage()
@@ -305,9 +353,20 @@ class Hi3DPipeline:
             self.release_memory()
 
 
-def check_steps(num_steps: int | None) -> None:
-    if num_steps is not None and num_steps < 1:
-        raise UsageError(f"num_steps must be >= 1, got {num_steps}")
+def _views(folder: Path, pixels: np.ndarray, prefix: str = "view") -> list[Path]:
+    """Paths of the per-view PNGs that :func:`~sgm.pipelines.video_io.write_views` wrote for ``pixels``."""
+    return [folder / f"{prefix}_{index:02d}.png" for index in range(len(pixels))]
+
+
+def _warn_about_stale_results(layout: OutputLayout, stages: tuple[str, ...]) -> None:
+    """Warn when results of the next stage, left in place, were made from the outputs just replaced."""
+    last = "refine" if "refine" in stages else "orbit"
+    following = {"orbit": ("refine", layout.second_video.parent), "refine": ("mesh", layout.mesh_dir)}[last]
+    stage, folder = following
+    if stage not in stages and folder.exists():
+        log.warning("%s holds results made from earlier stage-%d outputs, not from this run's: rerun the %r stage "
+                    "(and any after it) with overwrite (--overwrite) to update them", folder, STAGE_NUMBERS[last],
+                    stage)
 
 
 def model_resolution(model) -> int:

@@ -1,7 +1,8 @@
 """Image handling of the inference pipelines: reading, background, resizing, conversions.
 
-Conventions: images on disk are 8-bit; model frames are float tensors in [-1, 1] laid out
-(3, H, W) or (T, 3, H, W); pixel arrays are uint8 numpy (H, W, 3) or (T, H, W, 3).
+Conventions: images on disk are 8-bit (16-bit inputs are scaled to 8 bits on reading); model
+frames are float tensors in [-1, 1] laid out (3, H, W) or (T, 3, H, W); pixel arrays are uint8
+numpy (H, W, 3) or (T, H, W, 3).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ WHITE_THRESHOLD = 220
 # little of the object for a 512 px model, larger ones would only cost memory (they are resized).
 MIN_IMAGE_SIDE = 64
 MAX_IMAGE_SIDE = 8192
+# Pillow's modes of 16- and 32-bit integer greyscale (16-bit greyscale PNGs open as "I;16" or "I").
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_MAX = 65535
 
 
 class InputImageError(UsageError):
@@ -60,9 +64,47 @@ def read_image(path: str | Path, name: str | None = None) -> Image.Image:
                               "(use PNG, JPEG or WebP)") from err
     except (OSError, Image.DecompressionBombError) as err:
         raise InputImageError(f"cannot read {name} as an image ({err})") from err
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    return standard_mode(image)
+
+
+def wide_grey_to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) greyscale image as 8-bit "L", 0..65535 scaled to 0..255 (rounded,
+    larger values clipped); a single transparent grey value (PNG ``tRNS``) gives "LA".
+
+    Pillow's own conversion clips every value above 255 to white, which turns a 16-bit image into
+    a two-level silhouette.
+    """
+    values = np.asarray(image).astype(np.int64)
+    grey = Image.fromarray(np.clip(np.rint(values / (SIXTEEN_BIT_MAX / 255)), 0, 255).astype(np.uint8), "L")
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8), "L")
+    return Image.merge("LA", (grey, alpha))
+
+
+def standard_mode(image: Image.Image) -> Image.Image:
+    """``image`` as RGBA when it carries transparency (alpha, or a palette/greyscale transparent
+    value), else as RGB; 16-bit greyscale keeps its grey levels (:func:`wide_grey_to_8bit`)."""
+    if image.mode in WIDE_GREY_MODES:
+        image = wide_grey_to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         return image.convert("RGBA")
     return image.convert("RGB")
+
+
+def check_not_transparent(rgba: Image.Image, name: str, removed_background: bool) -> None:
+    """Refuse an RGBA image with alpha 0 everywhere: there is no object to turn into 3D.
+
+    Raises:
+        InputImageError: naming the image, and rembg when background removal emptied it.
+    """
+    if rgba.getchannel("A").getextrema()[1] > 0:
+        return
+    if removed_background:
+        raise InputImageError(f"background removal (rembg) left nothing of {name}: pass an RGBA image with the "
+                              "object cut out, or --no_rembg to use the image as is")
+    raise InputImageError(f"{name} is fully transparent (alpha 0 everywhere): there is no object to generate from")
 
 
 def rembg_available() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import CheckpointError, load_into, read_state_dict
 from ..config import build_model, load_config
 from .errors import UsageError
 
@@ -105,9 +105,11 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
 
     Raises:
         FileNotFoundError: the config or the checkpoint is missing (named, with the README section).
-        CheckpointError: the checkpoint does not fit the config's architecture.
+        CheckpointError: the checkpoint cannot be read, does not fit the config's architecture, or
+            holds NaN/inf weights (also after the cast to ``dtype``).
     """
     checkpoint = resolve_checkpoint(spec)
+    weights = read_state_dict(checkpoint) if checkpoint is not None else None  # a bad file fails before the build
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)  # untrained (demo) weights are the same on every run
         # A released checkpoint holds every weight and is loaded strictly, so the encoders'
@@ -117,12 +119,41 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
         overrides = {"ckpt_path": None} if checkpoint else {}
         model = build_model(load_config(spec.config), random_pretrained_encoders=True if checkpoint else None,
                             **overrides)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if weights is not None:
+        load_into(model, weights, source=str(checkpoint))
+        del weights
     else:
         log.warning("%s names no checkpoint: the model has UNTRAINED random weights and will output noise",
                     spec.config)
-    return model.to(device=device, dtype=dtype).eval(), checkpoint
+    model = model.to(device=device, dtype=dtype).eval()
+    source = str(checkpoint) if checkpoint is not None else f"the random weights built from {spec.config}"
+    check_finite_weights(model, source, dtype)
+    return model, checkpoint
+
+
+def check_finite_weights(model: torch.nn.Module, source: str, dtype: torch.dtype) -> None:
+    """Refuse a model with a NaN or inf among its floating-point parameters, or a NaN among its
+    buffers (buffers may hold -inf on purpose: attention masks).
+
+    One pass over the weights where they live, with a single device sync.
+
+    Raises:
+        CheckpointError: naming ``source`` (the checkpoint) and the first bad tensor.
+    """
+    checks = [(name, torch.isfinite(tensor).all()) for name, tensor in model.named_parameters()
+              if tensor.is_floating_point()]
+    checks += [(name, ~torch.isnan(tensor).any()) for name, tensor in model.named_buffers()
+               if tensor.is_floating_point()]
+    if not checks:
+        return
+    good = torch.stack([ok for _, ok in checks]).cpu()
+    if bool(good.all()):
+        return
+    bad = [name for (name, _), ok in zip(checks, good.tolist()) if not ok]
+    cause = "the weights are damaged or come from a diverged training run"
+    if dtype != torch.float32:
+        cause += f", or overflow {str(dtype).removeprefix('torch.')} (try --dtype float32)"
+    raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf values (first: {bad[0]}): {cause}")
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
