@@ -5,12 +5,12 @@
     python app.py --low_memory         # a GPU with less memory (same results)
 
 It listens on 127.0.0.1 only, unless --host or --share says otherwise. Results go to
-OUTPUT_ROOT/<job id>/ (default outputs/app/).
+OUTPUT_ROOT/<job id>/ (default outputs/app/), a folder that must hold nothing but job folders;
+old ones are deleted (--keep_jobs, --keep_hours). A bad option stops it with one line, exit code 2.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -28,7 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (overrides the checkpoint folder)")
     add_execution_args(parser)
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted upload in MB (default 20)")
-    parser.add_argument("--output_root", default="outputs/app", help="folder holding one subfolder per job")
+    parser.add_argument("--output_root", default="outputs/app",
+                        help="folder holding one subfolder per job and nothing else, under the folder the app runs "
+                             "in or the temp folder (default outputs/app)")
+    parser.add_argument("--keep_jobs", type=int, default=50,
+                        help="keep the folders of the last N jobs used, delete older ones (default 50; 0: no limit)")
+    parser.add_argument("--keep_hours", type=float, default=24.0,
+                        help="delete job folders, uploads and gradio's copies unused for T hours (default 24; 0: no)")
     parser.add_argument("--mesh_iterations", type=int, default=None,
                         help="Gaussian-fit steps of the 3D stage (default 3000 on a GPU, 100 on a CPU)")
     parser.add_argument("--mesh_resolution", type=int, default=None,
@@ -36,9 +42,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def start(args: argparse.Namespace) -> None:
+    """Check the options and the output root, then build the runner and serve the page until interrupted.
+
+    Raises:
+        UsageError: a bad option or output root (see :func:`sgm.app.storage.check_output_root`).
+    """
+    from sgm.app.storage import Retention, check_output_root, remove_expired_jobs
+    from sgm.pipelines.errors import UsageError
+
+    if not args.max_upload_mb > 0:
+        raise UsageError(f"--max_upload_mb must be more than 0, got {args.max_upload_mb}")
+    retention = Retention(args.keep_jobs, args.keep_hours)
+    output_root = check_output_root(args.output_root)
+    remove_expired_jobs(output_root, retention)
+
     from sgm.app.jobs import JobRunner
     from sgm.app.models import choose_models, mesh_settings
     from sgm.app.ui import Handlers, serve
@@ -50,14 +68,20 @@ def main(argv=None) -> None:
                            **pipeline_options(args))
     mesh_config = mesh_settings(resolve_device(args.device).type == "cuda", args.mesh_iterations,
                                 args.mesh_resolution)
-    runner = JobRunner(choice.factory, args.output_root, mesh_config)
+    runner = JobRunner(choice.factory, output_root, mesh_config, retention)
     max_bytes = int(args.max_upload_mb * 2**20)
     if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
         print("WARNING: the app is reachable from other machines; anyone who can reach it can run jobs",
               file=sys.stderr)
     print(f"models: {choice.mode} ({choice.notice})")
     serve(Handlers(runner, max_bytes), choice.notice, host=args.host, port=args.port, share=args.share,
-          max_upload_bytes=max_bytes)
+          max_upload_bytes=max_bytes, keep_hours=retention.keep_hours)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from sgm.cli import run_main
+    run_main(lambda: start(args))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ Stage 2 starts from SVD-XT with two tensors widened (reference section 11):
   last ``C_svd - noisy_channels`` input channels are SVD's, the ``C_target - C_svd`` channels
   in between (depth, 9 in Hi3D) are zero.
 
-Every other tensor the target has and SVD has with the same shape is copied; tensors SVD
-lacks (e.g. MiDaS) keep the target's values; a shape clash on any other key is an error.
+Every other tensor the target has and SVD has with the same shape is copied; a shape clash on
+any other key is an error. Only the tensors of modules SVD does not have (MiDaS, named by key
+prefix) keep the target's values: any other target key missing from the input is an error, so
+a file that is not SVD (or only part of it) never becomes a checkpoint of fresh random weights.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +29,7 @@ from .checkpoint import CheckpointError
 
 LABEL_EMB_KEY = "model.diffusion_model.label_emb.0.0.weight"
 INPUT_CONV_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+SHOWN_KEYS = 5  # keys quoted in an error message before "... (N more)"
 
 
 class ConversionError(CheckpointError):
@@ -60,6 +63,38 @@ def insert_input_channels(svd: torch.Tensor, target_shape: torch.Size, noisy_cha
     return torch.cat([svd[:, :noisy_channels], zeros, svd[:, noisy_channels:]], dim=1)
 
 
+def _quote(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def _top_level(keys: Iterable[str]) -> list[str]:
+    """The distinct first two dotted parts of ``keys`` (``model.diffusion_model``, ...), sorted."""
+    return sorted({".".join(key.split(".")[:2]) for key in keys})
+
+
+def check_coverage(svd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                   not_in_svd: Sequence[str] = ()) -> None:
+    """Refuse an input that lacks any target key SVD has (every key not under a ``not_in_svd`` prefix).
+
+    Raises:
+        ConversionError: naming how many keys are missing and the first of them; when the input
+            shares no key at all with the target, also the key families each side has.
+    """
+    prefixes = tuple(not_in_svd)
+    expected = [key for key in target if not (prefixes and key.startswith(prefixes))]
+    missing = [key for key in expected if key not in svd]
+    if not missing:
+        return
+    message = (f"the input lacks {len(missing)} of the {len(expected)} model weights SVD-XT provides: "
+               f"{_quote(missing)}")
+    if len(missing) == len(expected):
+        message += (f". It shares no key with the model, so it is not SVD-XT weights "
+                    f"(svd_xt_image_decoder.safetensors): the model's keys start with "
+                    f"{_quote(_top_level(expected))}; the input's with {_quote(_top_level(svd)) or 'nothing'}")
+    raise ConversionError(message)
+
+
 @dataclass
 class ConversionReport:
     """Keys copied from SVD unchanged, widened (changed), kept from the target (added), and
@@ -72,7 +107,7 @@ class ConversionReport:
 
     def describe(self) -> str:
         lines = [f"copied from SVD: {len(self.copied)}", f"changed (widened): {len(self.changed)}",
-                 f"added (not in SVD, from fresh init): {len(self.added)}",
+                 f"added (not in SVD, kept from the model as built): {len(self.added)}",
                  f"dropped (in SVD, not in the model): {len(self.dropped)}"]
         lines += [f"  changed: {key}" for key in self.changed]
         return "\n".join(lines)
@@ -83,6 +118,7 @@ def convert_svd_state_dict(
     target: Mapping[str, torch.Tensor],
     kept_columns: int,
     noisy_channels: int,
+    not_in_svd: Sequence[str] = (),
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """The target's state dict filled from SVD (see the module docstring).
 
@@ -91,13 +127,16 @@ def convert_svd_state_dict(
         target: the freshly built stage-2 model's ``state_dict()`` (defines keys, shapes, dtypes).
         kept_columns: width of the cond_aug embedding (last vector slot in both layouts).
         noisy_channels: latent channels of the noisy input (the UNet's output channels).
+        not_in_svd: key prefixes of the target's modules SVD does not have (their values are kept).
 
     Returns:
         (state dict in the target's dtypes, report).
 
     Raises:
-        ConversionError: on a shape clash outside the two widened tensors.
+        ConversionError: when SVD lacks a target key outside ``not_in_svd`` (see
+            :func:`check_coverage`), or on a shape clash outside the two widened tensors.
     """
+    check_coverage(svd, target, not_in_svd)
     state, report = {}, ConversionReport()
     for key, fresh in target.items():
         if key not in svd:

@@ -1,10 +1,13 @@
 """The web app in a real browser: app.py on a free localhost port with the demo configs, driven
-by headless Chromium (Debian's ``chromium`` through playwright; no browser is downloaded).
+by headless Chromium (Debian's ``chromium`` through playwright; no browser is downloaded). A
+successful 3D step, which the untrained demo models cannot reach, is shown by the same page served
+in this process over a pipeline stand-in that writes small real files.
 
 Skipped when chromium, gradio or playwright is absent; under CI (``$CI`` set) that is a failure.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -12,10 +15,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, require
 
@@ -25,6 +33,10 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_S, STAGE1_S = 120, 240
 STAGE2_S, MESH_S = 300, 300
+TOAST_S = 20  # gradio's error toasts fade after 10 s
+MAX_UPLOAD_MB = 0.1  # the demo images are under 30 kB
+IMAGE_A = ROOT / "demo" / "object_a_elev10.png"
+IMAGE_B = ROOT / "demo" / "object_b_elev20.png"
 
 
 def free_port() -> int:
@@ -59,7 +71,8 @@ def app_url(tmp_path_factory):
     with log.open("w") as stream:
         process = subprocess.Popen(
             [sys.executable, "app.py", "--demo", "--device", "cpu", "--port", str(port), "--output_root",
-             str(folder / "outputs")], cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT)
+             str(folder / "outputs"), "--max_upload_mb", str(MAX_UPLOAD_MB)], cwd=ROOT, env=env, stdout=stream,
+            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(url, process, log)
@@ -72,21 +85,85 @@ def app_url(tmp_path_factory):
             process.kill()
 
 
-@pytest.fixture
-def page(app_url, tmp_path):
+class SyntheticPipeline:
+    """Stands in for Hi3DPipeline: at once, small real files for each stage (views of a grey disc on
+    white, their masks, the videos, a one-tetrahedron mesh.glb), so the page can show a 3D step that
+    succeeds."""
+
+    def is_untrained(self, stage: str) -> bool:
+        return False
+
+    def __call__(self, image, output_dir, *, stages, callback=None, **kwargs):
+        from sgm.pipelines.hi3d import Hi3DResult
+        from sgm.pipelines.outputs import OutputLayout
+        from sgm.pipelines.video_io import write_mp4, write_views
+        from sgm.recon.export import Mesh, write_glb
+
+        (stage,) = stages
+        layout = OutputLayout(Path(output_dir))
+        if stage == "mesh":
+            corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+            faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int64)
+            glb = write_glb(Mesh(corners, faces, np.full((4, 3), 0.6, np.float32)), layout.mesh_dir / "mesh.glb")
+            return Hi3DResult(layout.root, mesh=SimpleNamespace(mesh_glb=glb))
+        ys, xs = np.mgrid[:64, :64]
+        disc = (ys - 32) ** 2 + (xs - 32) ** 2 < 22 ** 2
+        pixels = np.where(disc[None, ..., None], 128, 255).astype(np.uint8).repeat(16, 0).repeat(3, -1)
+        folder = layout.first_views if stage == "orbit" else layout.second_views
+        part = SimpleNamespace(views=write_views(pixels, folder), video=write_mp4(pixels, folder.parent / "video.mp4"))
+        if stage == "orbit":
+            return Hi3DResult(layout.root, orbit=part)
+        layout.second_masks.mkdir(parents=True, exist_ok=True)
+        for index in range(16):
+            Image.fromarray(disc.astype(np.uint8) * 255).save(layout.second_masks / f"mask_{index:02d}.png")
+        return Hi3DResult(layout.root, refined=part)
+
+
+@pytest.fixture(scope="module")
+def synthetic_app_url(tmp_path_factory):
+    """The page served in this process over :class:`SyntheticPipeline`."""
+    require(Path(CHROMIUM).is_file(), f"chromium ({CHROMIUM}; apt-get install chromium)")
+    require(importlib.util.find_spec("gradio") is not None, "gradio (pip install -e .[app])")
+    require(importlib.util.find_spec("playwright") is not None, "playwright (pip install -e .[browser-test])")
+    from sgm.app.jobs import JobRunner
+    from sgm.app.ui import Handlers, serve
+
+    port = free_port()
+    runner = JobRunner(SyntheticPipeline, tmp_path_factory.mktemp("synthetic") / "outputs")
+    page = serve(Handlers(runner, 2**20), "Synthetic stand-in pipeline.", port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+
+
+@contextlib.contextmanager
+def browser_tab(url: str, profile: Path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000})
         try:
             tab = context.new_page()
-            tab.goto(app_url)
+            tab.goto(url)
             tab.wait_for_selector("#input_file input[type=file]", state="attached", timeout=60_000)
             yield tab
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(app_url, tmp_path):
+    with browser_tab(app_url, tmp_path / "profile") as tab:
+        yield tab
+
+
+@pytest.fixture
+def synthetic_page(synthetic_app_url, tmp_path):
+    with browser_tab(synthetic_app_url, tmp_path / "profile") as tab:
+        yield tab
 
 
 def status_text(page) -> str:
@@ -96,6 +173,32 @@ def status_text(page) -> str:
 def wait_for_status(page, text: str, timeout_s: float) -> None:
     page.wait_for_function("text => document.querySelector('#status').innerText.includes(text)", arg=text,
                            timeout=timeout_s * 1000)
+
+
+def upload(page, path: Path) -> None:
+    """Put ``path`` in the input (removing the file shown there first, as a user does)."""
+    if page.locator("#input_file input[type=file]").count() == 0:
+        page.click("#input_file button[aria-label=Clear]")
+        wait_for_status(page, "Upload an image", 30)
+    page.set_input_files("#input_file input[type=file]", str(path))
+
+
+def set_number(page, selector: str, value: str) -> None:
+    box = page.locator(selector)
+    box.fill(value)
+    box.press("Enter")
+
+
+def wait_for_toasts_to_fade(page) -> None:
+    page.wait_for_function("document.querySelectorAll('.toast-body').length === 0", timeout=TOAST_S * 1000)
+
+
+def fetch_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_stage1_in_the_browser_shows_16_views(page, tmp_path):
@@ -112,6 +215,10 @@ def test_stage1_in_the_browser_shows_16_views(page, tmp_path):
     print(f"stage 1 in the browser: {time.monotonic() - start:.1f} s; {status_text(page)}")
     assert page.locator("#orbit_gallery img").count() == 16
     assert page.locator("#orbit_video video").count() == 1
+    # the views are gradio's copies, not files of the output root (which the server does not serve)
+    source = page.locator("#orbit_gallery img").first.get_attribute("src")
+    assert "/gradio_api/file=" in source and "/outputs/" not in urllib.parse.unquote(source)
+    assert fetch_status(urllib.parse.urljoin(page.url, source)) == 200
     page.wait_for_timeout(500)  # let the thumbnails paint
     shot = tmp_path / "app_stage1.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -120,35 +227,49 @@ def test_stage1_in_the_browser_shows_16_views(page, tmp_path):
         shutil.copy(shot, Path(os.environ["HI3D_SCREENSHOT_DIR"]) / shot.name)
 
 
-def test_all_three_steps_in_the_browser_end_with_the_model_and_its_named_download(page, tmp_path):
+def test_all_three_steps_in_the_browser_on_the_demo_models_end_with_what_to_change(page, tmp_path):
     """Its screenshot (``HI3D_SCREENSHOT_DIR=DIR``), scaled to 1000 px wide with 256 colours, is docs/app.png."""
-    page.set_input_files("#input_file input[type=file]", str(ROOT / "demo" / "object_a_elev10.png"))
+    upload(page, IMAGE_A)
     wait_for_status(page, "accepted", 30)
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("2")
-    steps.press("Enter")
+    set_number(page, "#steps input[type=number]", "2")
     page.click("#run_orbit")
     wait_for_status(page, "Stage 1 done", STAGE1_S)
     page.click("#run_refine")
     wait_for_status(page, "Stage 2 done", STAGE2_S)
     assert page.locator("#refined_gallery img").count() == 16
+    assert "Step 3 cannot make a 3D model" in status_text(page)  # said at once, before step 3 is tried
     page.click("#run_mesh")
-    # the progress bar over the viewer follows the reconstruction's steps
-    page.wait_for_function("document.querySelector('#model3d').innerText.includes('3D model: step')",
-                           timeout=MESH_S * 1000)
-    wait_for_status(page, "3D model done", MESH_S)
-    print(status_text(page))
+    wait_for_status(page, "Error", MESH_S)
+    text = status_text(page)
+    print(text)
+    assert "demo models are untrained" in text and "ckpts/README.md" in text and "covers the whole image" not in text
+    assert page.locator("#model3d canvas").count() == 0
+    page.wait_for_timeout(2000)  # let the thumbnails paint
+    shot = tmp_path / "app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("HI3D_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["HI3D_SCREENSHOT_DIR"]) / shot.name)
+
+
+def test_a_3d_step_that_succeeds_shows_the_model_and_its_named_download(synthetic_page, tmp_path):
+    page = synthetic_page
+    upload(page, IMAGE_A)
+    wait_for_status(page, "accepted", 30)
+    page.click("#run_orbit")
+    wait_for_status(page, "Stage 1 done", 60)
+    page.click("#run_refine")
+    wait_for_status(page, "Press 3. Make 3D model next", 60)
+    page.click("#run_mesh")
+    wait_for_status(page, "3D model of object_a_elev10.png done", 60)
     page.wait_for_selector("#model3d canvas", timeout=30_000)
     name = page.locator("#glb_file td.filename")
     assert name.get_attribute("aria-label") == "mesh.glb"
     # the whole name is on screen: Gradio shrinks the name (stem, then extension) when its column is narrow
     clipped = name.evaluate("cell => [...cell.querySelectorAll('.stem, .ext')].some(s => s.scrollWidth > s.clientWidth)")
     assert not clipped and "".join(name.inner_text().split()) == "mesh.glb"
-    page.wait_for_timeout(2000)  # let the thumbnails and the 3D view paint
-    shot = tmp_path / "app.png"
-    page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("HI3D_SCREENSHOT_DIR"):
-        shutil.copy(shot, Path(os.environ["HI3D_SCREENSHOT_DIR"]) / shot.name)
+        page.wait_for_timeout(2000)  # let the thumbnails and the 3D view paint
+        page.screenshot(path=str(Path(os.environ["HI3D_SCREENSHOT_DIR"]) / "app_3d_synthetic.png"), full_page=True)
 
 
 def test_a_non_image_upload_shows_an_error_and_the_app_stays_up(page, tmp_path):
@@ -161,7 +282,77 @@ def test_a_non_image_upload_shows_an_error_and_the_app_stays_up(page, tmp_path):
     page.wait_for_timeout(1000)
     wait_for_status(page, "not a known image format", 30)
     assert page.locator("#orbit_gallery img").count() == 0
-    page.click("#input_file button[aria-label=Clear]")
-    wait_for_status(page, "Upload an image", 30)
-    page.set_input_files("#input_file input[type=file]", str(ROOT / "demo" / "object_c_elev0.png"))
+    upload(page, ROOT / "demo" / "object_c_elev0.png")
     wait_for_status(page, "accepted", 30)  # the server still answers
+
+
+# --- issue 17: refusals stay in the status beside the step buttons; which image a step works on ---
+
+
+def test_a_wrong_type_upload_stays_in_the_status_after_its_toast_fades(page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a text file")
+    upload(page, notes)
+    wait_for_status(page, "Invalid file type: notes.txt", 30)
+    wait_for_toasts_to_fade(page)
+    assert "Invalid file type: notes.txt" in status_text(page)
+
+
+def test_an_upload_over_the_size_limit_stays_in_the_status_after_its_toast_fades(page, tmp_path):
+    big = tmp_path / "big.png"
+    Image.effect_noise((400, 400), 64).convert("RGB").save(big)
+    assert big.stat().st_size > MAX_UPLOAD_MB * 2**20
+    upload(page, big)
+    wait_for_status(page, "exceed the maximum allowed size", 30)
+    wait_for_toasts_to_fade(page)
+    assert "big.png" in status_text(page) and page.locator("#input_preview img").count() == 0
+
+
+def test_a_bad_seed_stays_in_the_status(page):
+    upload(page, IMAGE_A)
+    wait_for_status(page, "accepted", 30)
+    set_number(page, "#seed input", "-1")
+    page.click("#run_orbit")
+    wait_for_status(page, "the seed must be between 0 and 4294967295, got -1", 30)
+    page.wait_for_timeout(2000)
+    assert page.locator(".toast-body").count() == 0 and "got -1" in status_text(page)
+
+
+def test_the_status_sits_beside_the_step_buttons(page):
+    buttons = [page.locator(f"#{name}").bounding_box() for name in ("run_orbit", "run_refine", "run_mesh")]
+    status = page.locator("#status").bounding_box()
+    below_buttons = status["y"] - max(box["y"] + box["height"] for box in buttons)
+    assert 0 <= below_buttons < 40, (buttons, status)
+    assert status["x"] < buttons[-1]["x"] + buttons[-1]["width"] and status["x"] + status["width"] > buttons[0]["x"]
+
+
+def test_the_status_is_cleared_when_a_step_starts(page, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is text, not an image")
+    upload(page, fake)
+    wait_for_status(page, "not a known image format", 30)
+    page.evaluate("""() => {
+        window.statusTexts = [];
+        new MutationObserver(() => window.statusTexts.push(document.querySelector('#status').innerText))
+            .observe(document.querySelector('#status'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.click("#run_orbit")  # refused again, for the same reason, but the old message goes first
+    page.wait_for_function("window.statusTexts.some(t => t.includes('not a known image format'))", timeout=30_000)
+    texts = page.evaluate("window.statusTexts")
+    assert any("1. Generate orbit on holiday.png" in text and "not a known" not in text for text in texts), texts
+
+
+def test_after_a_new_upload_step_2_does_not_refine_the_previous_image(page):
+    upload(page, IMAGE_A)
+    wait_for_status(page, "accepted", 30)
+    set_number(page, "#steps input[type=number]", "1")
+    page.click("#run_orbit")
+    wait_for_status(page, "Stage 1 done for object_a_elev10.png", STAGE1_S)
+    upload(page, IMAGE_B)
+    wait_for_status(page, "object_b_elev20.png accepted", 30)
+    assert page.locator("#orbit_gallery img").count() == 0  # the previous image's views are gone
+    page.click("#run_refine")
+    wait_for_status(page, "Error", 60)
+    text = status_text(page)
+    assert "run step 1" in text and "object_b_elev20.png" in text and "Stage 2 done" not in text
+    assert page.locator("#refined_gallery img").count() == 0

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sgm.checkpoint import load_checkpoint
+from sgm.cli import run_main
 from sgm.config import build_model, load_config
 from sgm.conversion import (
     INPUT_CONV_KEY,
@@ -26,6 +27,7 @@ TINY_V01 = ROOT / "configs" / "tiny-train-v01.yaml"
 TINY_V02 = ROOT / "configs" / "tiny-train-v02.yaml"
 AESTHETIC_PREFIX = "conditioner.embedders.1."   # stage 1's aesthetic embedder: SVD has no such weights
 DEPTH_PREFIX = "conditioner.embedders.2."       # stage 2's MiDaS: not in SVD
+ENCODER_PREFIX = "conditioner.embedders.3."     # the condition frames' VAE encoder: in SVD
 
 
 def _tool():
@@ -33,6 +35,15 @@ def _tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_tool(input_path: Path, output_path: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run the tool as its command line does (``run_main``): (exit code, stderr)."""
+    args = ["--input", str(input_path), "--output", str(output_path), "--config", str(TINY_V02),
+            "--random_pretrained_encoders"]
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: _tool().main(args))
+    return info.value.code, capsys.readouterr().err
 
 
 def test_widen_vector_columns_rule():
@@ -54,6 +65,15 @@ def test_insert_input_channels_rule():
     assert torch.equal(new[:, 6:], svd[:, 2:])
     with pytest.raises(ConversionError, match="does not fit"):
         insert_input_channels(svd, torch.Size([7, 9, 3, 3]), noisy_channels=2)
+
+
+def test_missing_svd_keys_are_an_error_except_under_the_not_in_svd_prefixes():
+    target = {"unet.weight": torch.zeros(2), "vae.weight": torch.zeros(3), "midas.weight": torch.ones(4)}
+    state, report = convert_svd_state_dict({"unet.weight": torch.ones(2), "vae.weight": torch.ones(3)}, target,
+                                           1, 1, not_in_svd=["midas."])
+    assert report.added == ["midas.weight"] and torch.equal(state["midas.weight"], torch.ones(4))
+    with pytest.raises(ConversionError, match=r"lacks 1 of the 2 .*: vae\.weight$"):
+        convert_svd_state_dict({"unet.weight": torch.ones(2)}, target, 1, 1, not_in_svd=["midas."])
 
 
 def test_other_shape_clash_is_an_error():
@@ -100,7 +120,7 @@ def test_tool_converts_tiny_svd(tiny_svd, tmp_path: Path, capsys: pytest.Capture
     for key in converted:
         if key in svd and key not in (LABEL_EMB_KEY, INPUT_CONV_KEY):
             assert torch.equal(converted[key], svd[key]), key
-    assert f"added (not in SVD, from fresh init): {len(added)}" in report
+    assert f"added (not in SVD, kept from the model as built): {len(added)}" in report
 
 
 def test_tool_refuses_to_overwrite(tiny_svd, tmp_path: Path):
@@ -111,3 +131,53 @@ def test_tool_refuses_to_overwrite(tiny_svd, tmp_path: Path):
         _tool().main(["--input", str(svd_path), "--output", str(out), "--config", str(TINY_V02),
                       "--random_pretrained_encoders"])
     assert out.read_bytes() == b"keep me"
+
+
+def test_tool_refuses_an_input_sharing_no_key_with_the_model(tmp_path: Path, capsys: pytest.CaptureFixture):
+    unrelated = tmp_path / "unrelated.safetensors"
+    save_file({"encoder.layer.weight": torch.zeros(3, 3)}, str(unrelated))
+    out = tmp_path / "out" / "vid2vid.safetensors"
+    code, err = _run_tool(unrelated, out, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot convert {unrelated}" in err and "shares no key with the model" in err
+    assert "model.diffusion_model.time_embed.0.weight" in err and "input's with encoder.layer" in err
+    assert "Nothing was written" in err and not out.parent.exists()
+
+
+def test_tool_refuses_an_input_lacking_part_of_svd(tiny_svd, tmp_path: Path, capsys: pytest.CaptureFixture):
+    _, svd = tiny_svd
+    partial_svd = tmp_path / "no_encoder.safetensors"
+    save_file({k: v for k, v in svd.items() if not k.startswith(ENCODER_PREFIX)}, str(partial_svd))
+    out = tmp_path / "vid2vid.safetensors"
+    code, err = _run_tool(partial_svd, out, capsys)
+    missing = sum(k.startswith(ENCODER_PREFIX) for k in svd)
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    assert f"the input lacks {missing} of the" in err and ENCODER_PREFIX in err and "shares no key" not in err
+
+
+def test_tool_names_a_garbage_input(tmp_path: Path, capsys: pytest.CaptureFixture):
+    garbage = tmp_path / "svd.safetensors"
+    garbage.write_bytes(b"not a checkpoint, just text " * 40)
+    out = tmp_path / "vid2vid.safetensors"
+    code, err = _run_tool(garbage, out, capsys)
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    assert f"cannot read {garbage} as a .safetensors checkpoint" in err and "header" in err
+
+
+def test_tool_never_replaces_an_output_that_appears_while_converting(tiny_svd, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    svd_path, _ = tiny_svd
+    out = tmp_path / "vid2vid.safetensors"
+    tool = _tool()
+    real_build = tool.build_model
+
+    def build_while_another_run_writes(*args, **kwargs):  # another run finishes first
+        out.write_bytes(b"another run's result")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(tool, "build_model", build_while_another_run_writes)
+    with pytest.raises(OutputExistsError, match="appeared while converting"):
+        tool.main(["--input", str(svd_path), "--output", str(out), "--config", str(TINY_V02),
+                   "--random_pretrained_encoders"])
+    assert out.read_bytes() == b"another run's result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no partial file left beside it

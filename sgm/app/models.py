@@ -13,10 +13,11 @@ from ..recon.reconstruct import ReconstructConfig
 
 DEMO_CONFIGS = (CONFIG_DIR / "demo-v01.yaml", CONFIG_DIR / "demo-v02.yaml")
 DEMO_NOTICE = (
-    "**Demo mode: the models are small networks with untrained, random weights, so the views, the "
-    "video and the 3D model are noise.** The page shows the whole pipeline working. For real results "
-    "download the released checkpoints, place `first_stage.pt` and `second_stage.pt` in `{ckpt_dir}/` "
-    "(see `ckpts/README.md`) and restart the app."
+    "**Demo mode: the models are small networks with untrained, random weights, so the views and the "
+    "videos are noise.** Steps 1 and 2 show the pipeline working; step 3 cannot make a 3D model from noise "
+    "(it finds no object on a white background) and says so. For real results download the released "
+    "checkpoints, place `first_stage.pt` and `second_stage.pt` in `{ckpt_dir}/` (see `ckpts/README.md`) and "
+    "restart the app."
 )
 PRETRAINED_NOTICE = "Using the released Hi3D checkpoints in `{ckpt_dir}/`."
 CONFIGS_NOTICE = "Using the configs `{stage1}` and `{stage2}`."

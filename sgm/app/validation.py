@@ -6,6 +6,7 @@ stored it at, decoded as an image (size checked from the header first) and retur
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,17 @@ STEPS_RANGE = (1, 100)
 GUIDANCE_RANGE = (1.0, 10.0)
 SEED_RANGE = (0, 2**32 - 1)
 UPLOAD_NAME = "the uploaded file"
+NAME_LENGTH = 60  # characters of an upload's file name shown on the page
+
+
+def upload_name(path: str | Path | None) -> str:
+    """The uploaded file's name for messages on the page: its base name (gradio keeps the user's
+    name) with anything but letters, digits, spaces, dots, dashes and underscores replaced, shortened;
+    it is shown, never used as a path."""
+    if path is None:
+        return "no image"
+    name = re.sub(r"[^\w .-]", "_", Path(path).name).strip() or "the image"
+    return name if len(name) <= NAME_LENGTH else name[:NAME_LENGTH - 3] + "..."
 
 
 def validate_upload(path: str | Path | None, max_bytes: int) -> Image.Image:
@@ -40,10 +52,15 @@ def validate_upload(path: str | Path | None, max_bytes: int) -> Image.Image:
     return read_image(path, name=UPLOAD_NAME)
 
 
+def _bound(value) -> str:
+    """A range bound as typed: whole numbers in full (the seed's 4294967295, not 4.29497e+09)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _in_range(name: str, value, bounds) -> None:
     low, high = bounds
     if value is None or not math.isfinite(float(value)) or not low <= float(value) <= high:
-        raise UsageError(f"{name} must be between {low:g} and {high:g}, got {value}")
+        raise UsageError(f"{name} must be between {_bound(low)} and {_bound(high)}, got {value}")
 
 
 @dataclass(frozen=True)
