@@ -3,7 +3,8 @@
 Runs ``train_ddp_spawn.py`` on ``configs/train-v0{1,2}.yaml`` (random weights: no starting
 checkpoint, random encoders; batch 1 clip of 16 frames per GPU; image logging and checkpoints
 off) once per (stage, precision, strategy, GPU count), each in its own process tree, and prints
-one table: step time (median after the warm-up), clips per second, scaling efficiency (2-GPU
+one table: step time (median after the warm-up; the mean beside it, which includes the slow first
+step of each epoch), clips per second, scaling efficiency (2-GPU
 throughput over twice the 1-GPU throughput of the same strategy) and peak GPU memory per GPU
 (the largest over the ranks, after the warm-up).
 
@@ -102,6 +103,7 @@ def summarise(run: Run, out: Path, warmup: int, wall: float) -> dict:
     step = statistics.median(steps)
     clips = sum(r["clips_per_step"] for r in ranks)
     return {**row, "status": "ok", "steps_timed": len(steps), "step_s": step, "step_min_s": min(steps),
+            "step_mean_s": statistics.fmean(steps), "step_max_s": max(steps),
             "clips_per_s": clips / step,
             "peak_allocated_gib": max(r["peak_allocated_gib"] for r in ranks),
             "peak_reserved_gib": max(r["peak_reserved_gib"] for r in ranks),
@@ -152,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1))
     print(f"\n{'stage':>5} {'precision':>10} {'strategy':>18} {'gpus':>4} {'step s':>7} {'clips/s':>8} "
-          f"{'scaling':>8} {'peak alloc GiB':>14} {'peak resv GiB':>13} {'wall s':>7}")
+          f"{'scaling':>8} {'mean s':>7} {'peak alloc GiB':>14} {'peak resv GiB':>13} {'wall s':>7}")
     for r in rows:
         if r["status"] != "ok":
             print(f"{r['stage']:>5} {r['precision']:>10} {r['strategy']:>18} {r['gpus']:>4}   failed")
             continue
         eff = f"{100 * r['scaling_efficiency']:.1f}%" if "scaling_efficiency" in r else "-"
         print(f"{r['stage']:>5} {r['precision']:>10} {r['strategy']:>18} {r['gpus']:>4} {r['step_s']:7.3f} "
-              f"{r['clips_per_s']:8.3f} {eff:>8} {r['peak_allocated_gib']:14.2f} {r['peak_reserved_gib']:13.2f} "
+              f"{r['clips_per_s']:8.3f} {eff:>8} {r['step_mean_s']:7.3f} {r['peak_allocated_gib']:14.2f} {r['peak_reserved_gib']:13.2f} "
               f"{r['wall_s']:7.1f}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -74,7 +74,8 @@ class ParameterChecksum(pl.Callback):
         for name, param in sorted(pl_module.named_parameters()):
             if param.requires_grad:
                 digest.update(name.encode())
-                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+                # bf16 weights (DeepSpeed) have no numpy type; float32 holds them exactly
+                digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
         record = {"start": self.start_step, "end": trainer.global_step, "captions": self.captions,
                   "sha256": digest.hexdigest(), "world_size": trainer.world_size}
         self.out_dir.mkdir(parents=True, exist_ok=True)
