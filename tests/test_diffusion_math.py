@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sgm.modules.diffusionmodules.denoiser import Denoiser
-from sgm.modules.diffusionmodules.denoiser_scaling import EDMScaling, EpsScaling, VScaling, VScalingWithEDMcNoise
+from sgm.modules.diffusionmodules.denoiser_scaling import VScaling, VScalingWithEDMcNoise
 from sgm.modules.diffusionmodules.discretizer import EDMDiscretization
 from sgm.modules.diffusionmodules.guiders import IdentityGuider, LinearPredictionGuider, VanillaCFG
-from sgm.modules.diffusionmodules.loss_weighting import EDMWeighting, EpsWeighting, VWeighting
+from sgm.modules.diffusionmodules.loss_weighting import EDMWeighting, VWeighting
 from sgm.modules.diffusionmodules.refinement import refinement_alpha
 from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
 from sgm.modules.diffusionmodules.sampling_utils import churn_gamma
@@ -30,24 +30,6 @@ def test_v_scaling_matches_formula():
         assert noise.item() == pytest.approx(0.25 * math.log(s))
     # plain v scaling feeds sigma itself to the network
     assert torch.equal(VScaling()(SIGMAS)[3], SIGMAS)
-
-
-def test_edm_scaling_matches_formula():
-    sd = 0.5
-    c_skip, c_out, c_in, c_noise = EDMScaling(sd)(SIGMAS)
-    expected_skip = sd**2 / (SIGMAS**2 + sd**2)
-    expected_out = SIGMAS * sd / (SIGMAS**2 + sd**2).sqrt()
-    torch.testing.assert_close(c_skip, expected_skip)
-    torch.testing.assert_close(c_out, expected_out)
-    torch.testing.assert_close(c_in, 1 / (SIGMAS**2 + sd**2).sqrt())
-    torch.testing.assert_close(c_noise, SIGMAS.log() / 4)
-
-
-def test_eps_scaling_matches_formula():
-    c_skip, c_out, c_in, c_noise = EpsScaling()(SIGMAS)
-    torch.testing.assert_close(c_skip, torch.ones_like(SIGMAS))
-    torch.testing.assert_close(c_out, -SIGMAS)
-    torch.testing.assert_close(c_in, 1 / (SIGMAS**2 + 1).sqrt())
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 25])
@@ -181,7 +163,6 @@ def test_loss_weightings_match_formula():
     s = SIGMAS
     torch.testing.assert_close(VWeighting()(s), (s**2 + 1) / s**2)
     torch.testing.assert_close(EDMWeighting(0.5)(s), (s**2 + 0.25) / (s * 0.5) ** 2)
-    torch.testing.assert_close(EpsWeighting()(s), s**-2)
 
 
 def test_edm_sigma_sampling_is_lognormal():

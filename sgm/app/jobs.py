@@ -88,11 +88,6 @@ class JobRunner:
         self.retention = retention
         self._lock = threading.Lock()
 
-    @property
-    def busy(self) -> bool:
-        """Whether a job is running now."""
-        return self._lock.locked()
-
     def pipeline(self) -> Hi3DPipeline:
         """The pipeline, built on first use and then kept."""
         if self._pipeline is None:

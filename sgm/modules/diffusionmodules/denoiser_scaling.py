@@ -11,36 +11,6 @@ import torch
 Scalings = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class EDMScaling:
-    """EDM preconditioning with data standard deviation ``sigma_data``.
-
-    c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2),
-    c_noise = ln(s) / 4.
-    """
-
-    def __init__(self, sigma_data: float = 0.5):
-        self.sigma_data = sigma_data
-
-    def __call__(self, sigma: torch.Tensor) -> Scalings:
-        total = sigma**2 + self.sigma_data**2
-        c_skip = self.sigma_data**2 / total
-        c_out = sigma * self.sigma_data / total.sqrt()
-        c_in = 1.0 / total.sqrt()
-        c_noise = 0.25 * sigma.log()
-        return c_skip, c_out, c_in, c_noise
-
-
-class EpsScaling:
-    """Epsilon prediction: c_skip = 1, c_out = -s, c_in = 1 / sqrt(s^2 + 1), c_noise = s."""
-
-    def __call__(self, sigma: torch.Tensor) -> Scalings:
-        c_skip = torch.ones_like(sigma)
-        c_out = -sigma
-        c_in = 1.0 / (sigma**2 + 1.0).sqrt()
-        c_noise = sigma.clone()
-        return c_skip, c_out, c_in, c_noise
-
-
 class VScaling:
     """v prediction: c_skip = 1 / (s^2 + 1), c_out = -s / sqrt(s^2 + 1), c_in = 1 / sqrt(s^2 + 1), c_noise = s."""
 

@@ -4,13 +4,6 @@ from __future__ import annotations
 import torch
 
 
-class UnitWeighting:
-    """lambda = 1."""
-
-    def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(sigma)
-
-
 class EDMWeighting:
     """EDM weighting for data std ``sd``: lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1/sigma^2 + 1/sd^2."""
 
@@ -27,9 +20,3 @@ class VWeighting(EDMWeighting):
     def __init__(self):
         EDMWeighting.__init__(self, 1.0)
 
-
-class EpsWeighting:
-    """lambda = sigma^-2 (epsilon-prediction)."""
-
-    def __call__(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma**-2.0
