@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .models.contract import check_conditioning
 from .modules.encoders.pretrained import random_pretrained_weights
 from .util import ConfigError, instantiate_from_config
 
@@ -75,7 +76,12 @@ def build_model(config: DictConfig, random_pretrained_encoders: bool | None = No
     Args:
         random_pretrained_encoders: overrides ``model.random_pretrained_encoders`` (default
             false): when true no pretrained file is read and the encoders keep random weights.
+
+    Raises:
+        ConfigError: where the conditioning and the UNet of a diffusion config disagree
+            (:func:`~sgm.models.contract.check_conditioning`, before any weight is made).
     """
+    check_conditioning(config)
     random_init = config.model.get("random_pretrained_encoders", False)
     if random_pretrained_encoders is not None:
         random_init = random_pretrained_encoders

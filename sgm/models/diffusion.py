@@ -170,6 +170,12 @@ class DiffusionEngine(pl.LightningModule):
         self.cuda_graph_training = cuda_graph_training
         self._graphed_loss: GraphedLoss | None = None
 
+    @property
+    def unconditional_keys(self) -> list[str]:
+        """Batch keys whose embedders are zeroed for the unconditional half of guidance
+        (here: those of embedders with ``ucg_rate > 0``; a stage may declare its own)."""
+        return sorted({embedder.input_key for embedder in self.conditioner.embedders if embedder.ucg_rate > 0})
+
     # ------------------------------------------------------------------ parameters
     def _freeze_untrained_unet_parameters(self) -> None:
         chosen = {id(p) for _, p in select_parameters(self.model.named_parameters(), self.trained_param_keys)}
@@ -363,7 +369,7 @@ class DiffusionEngine(pl.LightningModule):
             N: frames shown per image grid (at most T).
             sample: also draw a guided sample (``num_steps`` sampler steps; None = the config's).
             ucg_keys: batch keys whose embedders are zeroed in the unconditional branch
-                (default: those of embedders with ``ucg_rate > 0``).
+                (default: :attr:`unconditional_keys`).
 
         Returns:
             ``inputs``, ``reconstructions`` (VAE round trip), ``conditions`` (the condition
@@ -384,7 +390,7 @@ class DiffusionEngine(pl.LightningModule):
         if sample:
             readable = {embedder.input_key for embedder in self.conditioner.embedders}
             if ucg_keys is None:
-                ucg_keys = sorted({e.input_key for e in self.conditioner.embedders if e.ucg_rate > 0})
+                ucg_keys = self.unconditional_keys
             unknown = sorted(set(ucg_keys) - readable)
             if unknown:
                 raise ValueError(f"ucg_keys {unknown} are read by no embedder (embedders read {sorted(readable)})")

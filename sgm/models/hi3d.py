@@ -55,7 +55,14 @@ class Hi3DVideoLDM(DiffusionEngine):
         inference_cond_aug: condition-noise level at inference (official 0.02).
         cond_aug_log_mean, cond_aug_log_std: log-normal condition noise in training (-3, 0.5).
         **kwargs: :class:`~sgm.models.diffusion.DiffusionEngine` arguments.
+
+    The batch contract: a stage reads ``video`` (B, 3, T, H, W) in [-1, 1] and ``elevation``
+    (B,) in degrees (training adds what its degradation needs); :meth:`add_custom_cond` makes
+    the embedders' keys from them. The unconditional half zeroes every embedder that reads the
+    input frames (:attr:`unconditional_keys`); :mod:`sgm.models.contract` checks the rest.
     """
+
+    unconditional_keys = ("cond_frames", "cond_frames_without_noise")
 
     def __init__(
         self,

@@ -15,11 +15,8 @@ from ..modules.diffusionmodules.guiders import LinearPredictionGuider
 from ..modules.diffusionmodules.refinement import refine_latents
 from ..modules.diffusionmodules.sampling import StepCallback
 from .errors import UsageError
-from .images import foreground_masks
 from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
-# Both stages' unconditional batch zeroes every embedder that reads the input frames.
-UNCONDITIONAL_KEYS = ("cond_frames", "cond_frames_without_noise")
 LATENT_CHANNELS = 4
 LATENT_DOWNSCALE = 8
 
@@ -44,7 +41,7 @@ def guidance_range(model, min_scale: float | None, max_scale: float | None):
 
 def _conditioning(model, batch: dict, generator: torch.Generator):
     batch = model.add_custom_cond(batch, infer=True, generator=generator)
-    return model.conditioner.get_unconditional_conditioning(batch, UNCONDITIONAL_KEYS)
+    return model.conditioner.get_unconditional_conditioning(batch, model.unconditional_keys)
 
 
 def _plan_and_dtype(model, plan: ExecutionPlan | None) -> tuple[ExecutionPlan, torch.dtype]:
@@ -138,11 +135,9 @@ def refine_orbit(
     noise = torch.randn(_latent_shape(num_frames, height, width), generator=generator, device=device)
     with plan.phase(model.first_stage_model):
         z_input = model.encode_first_stage(frames, generator=generator).float()
-    pixels = ((frames + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     batch = {
         "video": frames.permute(1, 0, 2, 3)[None],
         "elevation": torch.tensor([elevation_deg], device=device),
-        "masks": torch.from_numpy(foreground_masks(pixels)).to(device)[None],
     }
     with autocast_for(device, dtype):
         with plan.phase(model.conditioner):

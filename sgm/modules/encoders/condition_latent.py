@@ -1,6 +1,8 @@
 """Condition-frame latents for the UNet's concat input."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ...util import instantiate_from_config
@@ -48,7 +50,10 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
         if not self.disable_encoder_autocast:
             return encode(images)
         dtype = next(self.encoder.parameters()).dtype
-        with torch.autocast(device_type=images.device.type, enabled=False):
+        # the meta device (shape checks, sgm.models.contract) has no autocast to turn off
+        no_autocast = (contextlib.nullcontext() if images.device.type == "meta"
+                       else torch.autocast(device_type=images.device.type, enabled=False))
+        with no_autocast:
             return encode(images.to(dtype))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
