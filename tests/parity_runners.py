@@ -132,10 +132,11 @@ def run_stage2_refine(config: dict, t: Tensors, load: Loader, cases: dict) -> Te
     num_frames = config["num_frames"]
     clips = t["in.c.vector"].shape[0]
     denoiser = bound_denoiser(unet, num_frames, 2 * clips)
+    history = []  # the latents after each step, collected through the step callback
     with torch.no_grad():
-        latents, history = refine_latents(
+        latents = refine_latents(
             sampler_from(config), denoiser, t["in.noise"], t["in.z"], group(t, "in.c."), group(t, "in.uc."),
-            alpha_power=config["alpha_pow"],
+            alpha_power=config["alpha_pow"], callback=lambda info: history.append(info["x"]),
         )
     n = config["num_steps"]
     alphas = torch.tensor([refinement_alpha(i, n, config["alpha_pow"]) for i in range(n)], dtype=torch.float64)

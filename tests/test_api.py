@@ -14,6 +14,7 @@ from PIL import Image
 
 import sgm.pipelines.hi3d as hi3d
 from conftest import ROOT, small_demo_configs
+from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
 from sgm.pipelines.errors import MissingCheckpointError
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
@@ -95,19 +96,24 @@ def test_from_pretrained_uses_the_inference_configs_and_the_folder(tmp_path):
     assert not pipe.is_untrained("orbit")
 
 
-def test_result_exposes_views_videos_and_mesh_path_and_guidance_reaches_both_stages(pipe, image_path, tmp_path):
-    # the guidance of each model as its sampler steps (the untrained demo UNets output zeros, so
-    # guidance cannot show in their pixels: read it where the sampler uses it)
+def test_result_exposes_views_videos_and_mesh_path_and_guidance_reaches_both_stages(pipe, image_path, tmp_path,
+                                                                                    monkeypatch):
+    # the guidance each sampler step uses (the untrained demo UNets output zeros, so guidance
+    # cannot show in their pixels: read it where the sampler receives it, per call)
     scales = []
+    denoise = EulerEDMSampler.denoise
 
-    def record(step, total):
-        orbit, refine = pipe.model("orbit").sampler.guider, pipe.model("refine").sampler.guider
-        scales.append((float(orbit.frame_scales[0]), float(orbit.frame_scales[-1]), float(refine.frame_scales[-1])))
+    def recording(self, denoiser, x, sigma, cond, uc, guider=None):
+        used = self.guider if guider is None else guider
+        scales.append((float(used.frame_scales[0]), float(used.frame_scales[-1])))
+        return denoise(self, denoiser, x, sigma, cond, uc, guider)
 
+    monkeypatch.setattr(EulerEDMSampler, "denoise", recording)
     result = pipe(Image.open(image_path), tmp_path / "out", elevation_deg=10, seed=0, num_steps=STEPS,
-                  min_cfg=1.25, max_cfg=3.0, callback=record)
-    assert scales == [(1.25, 3.0, 2.0)] * STEPS + [(1.0, 2.5, 3.0)] * STEPS  # stage 1, then stage 2
-    assert float(pipe.model("refine").sampler.guider.frame_scales[-1]) == 2.0  # the config's again after the call
+                  min_cfg=1.25, max_cfg=3.0)
+    assert scales == [(1.25, 3.0)] * (2 * STEPS)  # stage 1, then stage 2
+    refine_config = pipe.model("refine").sampler.guider  # the sampler's own guider is untouched
+    assert (float(refine_config.frame_scales[0]), float(refine_config.frame_scales[-1])) == (1.0, 2.0)
     assert len(result.orbit.images) == 16 and result.orbit.images[3].size == (64, 64)
     assert result.refined.images[0].mode == "RGB" and result.refined.images[0].size == (128, 128)
     np.testing.assert_array_equal(np.asarray(result.orbit.images[5]), result.orbit.pixels[5])

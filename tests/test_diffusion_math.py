@@ -11,7 +11,7 @@ from sgm.modules.diffusionmodules.denoiser_scaling import VScaling, VScalingWith
 from sgm.modules.diffusionmodules.discretizer import EDMDiscretization
 from sgm.modules.diffusionmodules.guiders import IdentityGuider, LinearPredictionGuider, VanillaCFG
 from sgm.modules.diffusionmodules.loss_weighting import EDMWeighting, VWeighting
-from sgm.modules.diffusionmodules.refinement import refinement_alpha
+from sgm.modules.diffusionmodules.refinement import refine_latents, refinement_alpha
 from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
 from sgm.modules.diffusionmodules.sampling_utils import churn_gamma
 from sgm.modules.diffusionmodules.sigma_sampling import EDMSampling
@@ -109,9 +109,9 @@ def test_euler_step_on_linear_denoiser_matches_formula():
     sampler = EulerEDMSampler(EDM_DISCRETIZATION, num_steps=3)
     x = torch.randn(2, 1, 3, 3, dtype=torch.float64)
     sigma, next_sigma = torch.full((2,), 4.0, dtype=torch.float64), torch.full((2,), 1.5, dtype=torch.float64)
-    out = sampler.step(_linear_gaussian_denoiser(1.0), x, sigma, next_sigma, {}, {})
-    denoised = x / (1 + 16.0)
-    expected = x + (1.5 - 4.0) * (x - denoised) / 4.0
+    out, denoised = sampler.step(_linear_gaussian_denoiser(1.0), x, sigma, next_sigma, {}, {})
+    torch.testing.assert_close(denoised, x / (1 + 16.0))
+    expected = x + (1.5 - 4.0) * (x - x / (1 + 16.0)) / 4.0
     torch.testing.assert_close(out, expected)
 
 
@@ -195,3 +195,48 @@ def test_denoiser_combines_scalings_and_network():
     torch.testing.assert_close(calls["c_noise"], sigma.log() / 4)
     assert calls["kwargs"] == {"num_video_frames": 3}
     torch.testing.assert_close(out, x / (s**2 + 1) - s / (s**2 + 1).sqrt())
+
+
+def test_guider_is_an_argument_of_the_call_and_leaves_the_sampler_unchanged():
+    # data: x0 = 0 for the unconditional half, 1 for the conditional one; a guider of scale w
+    # therefore makes the x0 estimate w (frame-wise for the linear guider)
+    config_guider = {"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG", "params": {"scale": 2.0}}
+    sampler = EulerEDMSampler(EDM_DISCRETIZATION, num_steps=1, guider_config=config_guider)
+
+    def denoise(x, sigma, cond):
+        return cond["vector"].reshape(-1, 1, 1, 1).expand_as(x).clone()
+    cond, uc = {"vector": torch.ones(4, 1)}, {"vector": torch.zeros(4, 1)}
+    noise = torch.zeros(4, 1, 1, 1)
+    linear = LinearPredictionGuider(max_scale=3.0, num_frames=4, min_scale=1.0)
+    per_call = sampler(denoise, noise, cond, uc, guider=linear)
+    default = sampler(denoise, noise, cond, uc)
+    # one step to sigma 0 returns the guided x0 estimate
+    torch.testing.assert_close(per_call.flatten(), torch.tensor([1.0, 5 / 3, 7 / 3, 3.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(default.flatten(), torch.full((4,), 2.0), atol=1e-4, rtol=0)
+    assert sampler.guider.scale == 2.0 and not isinstance(sampler.guider, LinearPredictionGuider)
+
+
+def test_step_callback_receives_step_total_sigma_and_denoised():
+    sampler = EulerEDMSampler(EDM_DISCRETIZATION, num_steps=3)
+    sd = 1.0
+    seen = []
+    noise = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    out = sampler(_linear_gaussian_denoiser(sd), noise, {}, callback=seen.append)
+    sigmas = sampler.sigmas(device="cpu")
+    assert [(info["step"], info["total"]) for info in seen] == [(0, 3), (1, 3), (2, 3)]
+    for i, info in enumerate(seen):
+        assert float(info["sigma"]) == float(sigmas[i]) and float(info["sigma_next"]) == float(sigmas[i + 1])
+        before = noise * torch.sqrt(1 + sigmas[0] ** 2) if i == 0 else seen[i - 1]["x"]
+        # the exact Gaussian denoiser's estimate at the step's own sigma
+        torch.testing.assert_close(info["denoised"], before * sd**2 / (sd**2 + sigmas[i].double() ** 2))
+    torch.testing.assert_close(seen[-1]["x"], out)
+
+
+def test_refinement_passes_the_generator_to_every_step():
+    sampler = EulerEDMSampler(EDM_DISCRETIZATION, num_steps=4, s_churn=2.0)
+    noise, z = torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
+    den = _linear_gaussian_denoiser(1.0)
+    runs = [refine_latents(sampler, den, noise, z, {}, {}, generator=torch.Generator().manual_seed(seed))
+            for seed in (3, 3, 4)]
+    torch.testing.assert_close(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])

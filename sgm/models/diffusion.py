@@ -412,10 +412,16 @@ class DiffusionEngine(pl.LightningModule):
         num_steps: int | None = None,
         callback=None,
         split_guidance: bool = False,
+        guider=None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Guided samples (B*T, C, h, w) from unit noise of the same shape."""
+        """Guided samples (B*T, C, h, w) from unit noise of the same shape.
+
+        ``callback``, ``guider`` and ``generator`` go to the sampler's call (see
+        :class:`~sgm.modules.diffusionmodules.sampling.EulerEDMSampler`).
+        """
         if self.sampler is None:
             raise RuntimeError("this model was built without sampler_config: it cannot sample")
         with self.half_weights_autocast(noise.device):
-            return self.sampler(self.denoiser_fn(num_frames, split_guidance), noise, cond, uc,
-                                num_steps=num_steps, callback=callback)
+            return self.sampler(self.denoiser_fn(num_frames, split_guidance), noise, cond, uc, num_steps=num_steps,
+                                generator=generator, callback=callback, guider=guider)

@@ -44,7 +44,7 @@ from .loading import (
 )
 from .outputs import OutputLayout
 from .records import check_stage1_outputs, image_sha256, read_stage1_record, write_stage1_record, write_stage2_record
-from .sampling import generate_orbit, guidance_range, refine_orbit, stage2_input_frames
+from .sampling import frame_guider, generate_orbit, refine_orbit, stage2_input_frames
 from .staging import StagedOutput
 from .video_io import read_mp4, write_mp4, write_views
 
@@ -234,9 +234,9 @@ class Hi3DPipeline:
         """Sample the orbit of ``source`` and write stage 1's files into ``target``; returns uint8 (T, H, W, 3)."""
         model = self.model("orbit")
         frame = pixels_to_tensor(resize_and_center_crop(np.asarray(source.white), model_resolution(model)))
-        with guidance_range(model, settings.min_cfg, settings.max_cfg):
-            frames = generate_orbit(model, frame, settings.elevation_deg, self._generator(settings.seed),
-                                    settings.num_steps, callback, self.plan)
+        frames = generate_orbit(model, frame, settings.elevation_deg, self._generator(settings.seed),
+                                settings.num_steps, callback, self.plan,
+                                guider=frame_guider(model, settings.min_cfg, settings.max_cfg))
         pixels = tensor_to_pixels(require_finite_frames(frames, "stage 1 (orbit)", self.dtype))
         target.rgba.parent.mkdir(parents=True, exist_ok=True)
         source.rgba.save(target.rgba)
@@ -256,9 +256,9 @@ class Hi3DPipeline:
         white = np.asarray(read_image(source.white).convert("RGB"))
         views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
         frames = pixels_to_tensor(resize_bilinear(views, size, size))
-        with guidance_range(model, settings.min_cfg, settings.max_cfg):
-            refined = refine_orbit(model, frames, settings.elevation_deg, self._generator(settings.seed),
-                                   settings.num_steps, callback=callback, plan=self.plan)
+        refined = refine_orbit(model, frames, settings.elevation_deg, self._generator(settings.seed),
+                               settings.num_steps, callback=callback, plan=self.plan,
+                               guider=frame_guider(model, settings.min_cfg, settings.max_cfg))
         pixels = tensor_to_pixels(require_finite_frames(refined, "stage 2 (refine)", self.dtype))
         write_mp4(pixels, target.second_video)
         write_views(pixels, target.second_views)

@@ -6,14 +6,12 @@ a seed fixes the output.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from ..modules.diffusionmodules.guiders import LinearPredictionGuider
 from ..modules.diffusionmodules.refinement import refine_latents
-from ..modules.diffusionmodules.sampling import StepCallback
+from ..modules.diffusionmodules.sampling import SamplingCallback, StepCallback
 from .errors import UsageError
 from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
@@ -21,22 +19,24 @@ LATENT_CHANNELS = 4
 LATENT_DOWNSCALE = 8
 
 
-@contextlib.contextmanager
-def guidance_range(model, min_scale: float | None, max_scale: float | None):
-    """Temporarily replace the per-frame guidance range of ``model.sampler`` (None keeps the config's)."""
+def frame_guider(model, min_scale: float | None, max_scale: float | None):
+    """The per-frame guidance of one call: the config's guider with its first / last frame scales
+    replaced where given, or None (the config's guider as it is) when neither is."""
     guider = model.sampler.guider
     if min_scale is None and max_scale is None:
-        yield
-        return
+        return None
     if not isinstance(guider, LinearPredictionGuider):
         raise TypeError(f"expected a LinearPredictionGuider in the sampler config, found {type(guider).__name__}")
     low = float(guider.frame_scales[0]) if min_scale is None else min_scale
     high = float(guider.frame_scales[-1]) if max_scale is None else max_scale
-    model.sampler.guider = LinearPredictionGuider(max_scale=high, num_frames=guider.num_frames, min_scale=low)
-    try:
-        yield
-    finally:
-        model.sampler.guider = guider
+    return LinearPredictionGuider(max_scale=high, num_frames=guider.num_frames, min_scale=low)
+
+
+def progress_of(callback: StepCallback | None) -> SamplingCallback | None:
+    """The sampler's per-step report (a StepInfo dict) passed on as ``callback(step, total)``."""
+    if callback is None:
+        return None
+    return lambda info: callback(info["step"], info["total"])
 
 
 def _conditioning(model, batch: dict, generator: torch.Generator):
@@ -62,6 +62,7 @@ def generate_orbit(
     num_steps: int | None = None,
     callback: StepCallback | None = None,
     plan: ExecutionPlan | None = None,
+    guider=None,
 ) -> torch.Tensor:
     """Stage 1: one view -> an orbit of T views.
 
@@ -69,8 +70,10 @@ def generate_orbit(
         model: a :class:`~sgm.models.hi3d.Stage1VideoLDM`.
         image: (3, H, W) in [-1, 1], the input view on white.
         elevation_deg: camera elevation of the input view, in degrees.
-        generator: RNG on the execution device.
+        generator: RNG on the execution device, of every random draw.
+        callback: ``callback(step, total)`` after each sampling step.
         plan: where the parts run (default: everything where the model is).
+        guider: guidance of this call (:func:`frame_guider`; None: the config's).
 
     Returns:
         (T, 3, H, W) float32 frames in about [-1, 1]; frame 0 is the input azimuth.
@@ -86,8 +89,8 @@ def generate_orbit(
             cond, uncond = _conditioning(model, batch, generator)
         noise = torch.randn(_latent_shape(frames, height, width), generator=generator, device=device)
         with plan.phase(model.model):
-            latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=callback,
-                                   split_guidance=plan.split_guidance)
+            latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=progress_of(callback),
+                                   split_guidance=plan.split_guidance, guider=guider, generator=generator)
     with plan.phase(model.first_stage_model):
         return model.decode_first_stage(latents, plan.decode_chunk).float()
 
@@ -112,6 +115,7 @@ def refine_orbit(
     alpha_power: float = 40.0,
     callback: StepCallback | None = None,
     plan: ExecutionPlan | None = None,
+    guider=None,
 ) -> torch.Tensor:
     """Stage 2: refine an orbit of T views at the model resolution.
 
@@ -121,7 +125,9 @@ def refine_orbit(
         elevation_deg: camera elevation, degrees.
         generator: RNG on the execution device.
         alpha_power: exponent of the blending schedule toward the input latents.
+        callback: ``callback(step, total)`` after each refinement step.
         plan: where the parts run (default: everything where the model is).
+        guider: guidance of this call (:func:`frame_guider`; None: the config's).
 
     Returns:
         (T, 3, H, W) float32 refined frames in about [-1, 1].
@@ -143,8 +149,8 @@ def refine_orbit(
         with plan.phase(model.conditioner):
             cond, uncond = _conditioning(model, batch, generator)
         with plan.phase(model.model):
-            latents, _ = refine_latents(model.sampler, model.denoiser_fn(num_frames, plan.split_guidance), noise,
-                                        z_input, cond, uncond, num_steps=num_steps, alpha_power=alpha_power,
-                                        callback=callback)
+            latents = refine_latents(model.sampler, model.denoiser_fn(num_frames, plan.split_guidance), noise,
+                                     z_input, cond, uncond, num_steps=num_steps, alpha_power=alpha_power,
+                                     generator=generator, callback=progress_of(callback), guider=guider)
     with plan.phase(model.first_stage_model):
         return model.decode_first_stage(latents, plan.decode_chunk).float()

@@ -13,7 +13,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import DenoiserFn, EulerEDMSampler, StepCallback
+from .sampling import DenoiserFn, EulerEDMSampler, SamplingCallback
 
 
 def refinement_alpha(step: int, num_steps: int, power: float = 40.0) -> float:
@@ -37,8 +37,10 @@ def refine_latents(
     uc: dict,
     num_steps: int | None = None,
     alpha_power: float = 40.0,
-    callback: StepCallback | None = None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    generator: torch.Generator | None = None,
+    callback: SamplingCallback | None = None,
+    guider=None,
+) -> torch.Tensor:
     """Run the refinement loop.
 
     Args:
@@ -48,21 +50,19 @@ def refine_latents(
         z_input: (T, C, h, w) scaled latents of the input frames.
         num_steps: sampling steps (default: the sampler's).
         alpha_power: exponent p of the alpha schedule.
-        callback: called as ``callback(step_index, num_steps)`` after each step.
+        generator: RNG of the steps' random draws (churn noise; none at Hi3D's settings).
+        callback: receives the :class:`~.sampling.StepInfo` of each step (its ``x``: the latents after it).
+        guider: guidance of this call (default: the sampler config's).
 
     Returns:
-        Final latents (T, C, h, w) and the latents after each step (a list of ``num_steps``).
+        Final latents (T, C, h, w).
     """
     if noise.shape != z_input.shape:
         raise ValueError(f"noise {tuple(noise.shape)} and input latents {tuple(z_input.shape)} differ in shape")
     sigmas = sampler.sigmas(num_steps, device=noise.device)
     n = len(sigmas) - 1
     latents = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
-    history = []
     for i in tqdm(range(n), desc="refining", disable=not sampler.verbose, leave=False):
         latents = blend_toward_input(latents, noise, z_input, sigmas[i], refinement_alpha(i, n, alpha_power))
-        latents = sampler.step_at(denoiser, latents, sigmas, i, cond, uc)
-        history.append(latents)
-        if callback is not None:
-            callback(i, n)
-    return latents, history
+        latents = sampler.step_at(denoiser, latents, sigmas, i, cond, uc, generator, guider, callback)
+    return latents

@@ -2,10 +2,14 @@
 
 The denoiser is any callable ``denoiser(x, sigma, cond) -> x0_estimate`` taking the guider's
 batched inputs; the diffusion engine builds it by binding the network and the model kwargs.
+
+Everything that may change between two calls is an argument of the call, not sampler state:
+the guider (``guider=``; default the config's), the generator of every random draw, and the
+step callback, which receives a :class:`StepInfo` dict after each step (as k-diffusion's does).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypedDict
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +19,23 @@ from .guiders import IdentityGuider
 from .sampling_utils import churn_gamma, euler_step, to_d
 
 DenoiserFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+class StepInfo(TypedDict):
+    """What a sampling step reports: ``step`` (0-based) of ``total``; ``sigma`` the noise level
+    the step started from and ``sigma_next`` the one it reached (0-dim tensors); ``x`` the latents
+    after the step and ``denoised`` the guided x0 estimate it used, both (N, C, h, w)."""
+
+    step: int
+    total: int
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+SamplingCallback = Callable[[StepInfo], None]
+# Progress of a multi-step phase for the pipelines, the API and the 3D step: callback(step_index, total).
 StepCallback = Callable[[int, int], None]
 
 
@@ -56,9 +77,11 @@ class EulerEDMSampler:
             raise ValueError("number of sampling steps not given and no num_steps in the sampler config")
         return self.discretization(n, device=device)
 
-    def denoise(self, denoiser: DenoiserFn, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uc: dict) -> torch.Tensor:
-        """Guided x0 estimate at per-sample noise levels ``sigma`` (N,)."""
-        return self.guider(denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc)), sigma)
+    def denoise(self, denoiser: DenoiserFn, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uc: dict,
+                guider=None) -> torch.Tensor:
+        """Guided x0 estimate at per-sample noise levels ``sigma`` (N,) (``guider`` None: the config's)."""
+        guider = self.guider if guider is None else guider
+        return guider(denoiser(*guider.prepare_inputs(x, sigma, cond, uc)), sigma)
 
     def step(
         self,
@@ -70,18 +93,22 @@ class EulerEDMSampler:
         uc: dict,
         gamma: float = 0.0,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        guider=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step from per-sample noise level ``sigma`` (N,) to ``next_sigma`` (N,).
 
         With ``gamma > 0`` noise is first added to raise sigma to ``sigma * (1 + gamma)``.
+
+        Returns:
+            The latents after the step and the guided x0 estimate, both shaped like ``x``.
         """
         sigma_hat = sigma * (gamma + 1.0)
         if gamma > 0:
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.s_noise
             x = x + eps * append_dims(sigma_hat**2 - sigma**2, x.ndim) ** 0.5
-        denoised = self.denoise(denoiser, x, sigma_hat, cond, uc)
+        denoised = self.denoise(denoiser, x, sigma_hat, cond, uc, guider)
         d = to_d(x, sigma_hat, denoised)
-        return euler_step(x, d, append_dims(next_sigma - sigma_hat, x.ndim))
+        return euler_step(x, d, append_dims(next_sigma - sigma_hat, x.ndim)), denoised
 
     def step_at(
         self,
@@ -92,12 +119,22 @@ class EulerEDMSampler:
         cond: dict,
         uc: dict,
         generator: torch.Generator | None = None,
+        guider=None,
+        callback: SamplingCallback | None = None,
     ) -> torch.Tensor:
-        """Step ``i`` of the schedule ``sigmas`` (n + 1,) for every sample of ``x`` (used by the stage-2 loop)."""
+        """Step ``i`` of the schedule ``sigmas`` (n + 1,) for every sample of ``x``; the latents after it.
+
+        ``callback`` receives the step's :class:`StepInfo`. Used by :meth:`__call__` and the stage-2 loop.
+        """
         num_steps = len(sigmas) - 1
         gamma = churn_gamma(float(sigmas[i]), num_steps, self.s_churn, self.s_tmin, self.s_tmax)
         ones = x.new_ones(x.shape[0])
-        return self.step(denoiser, x, ones * sigmas[i], ones * sigmas[i + 1], cond, uc, gamma, generator)
+        x, denoised = self.step(denoiser, x, ones * sigmas[i], ones * sigmas[i + 1], cond, uc, gamma, generator,
+                                guider)
+        if callback is not None:
+            callback(StepInfo(step=i, total=num_steps, sigma=sigmas[i], sigma_next=sigmas[i + 1], x=x,
+                              denoised=denoised))
+        return x
 
     def __call__(
         self,
@@ -107,19 +144,20 @@ class EulerEDMSampler:
         uc: dict | None = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
-        callback: StepCallback | None = None,
+        callback: SamplingCallback | None = None,
+        guider=None,
     ) -> torch.Tensor:
         """Sample from unit-variance ``noise`` (N, C, H, W); it is scaled by sqrt(1 + sigma_0^2) here.
 
         Args:
-            callback: called as ``callback(step_index, num_steps)`` after each step.
+            generator: RNG of every random draw of the steps (churn noise).
+            callback: receives a :class:`StepInfo` after each step.
+            guider: guidance of this call (default: the config's ``guider_config``).
         """
         sigmas = self.sigmas(num_steps, device=noise.device)
         uc = cond if uc is None else uc
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
         n = len(sigmas) - 1
         for i in tqdm(range(n), desc="sampling", disable=not self.verbose, leave=False):
-            x = self.step_at(denoiser, x, sigmas, i, cond, uc, generator)
-            if callback is not None:
-                callback(i, n)
+            x = self.step_at(denoiser, x, sigmas, i, cond, uc, generator, guider, callback)
         return x
