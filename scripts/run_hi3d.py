@@ -1,7 +1,7 @@
 """Hi3D on one image in one process: orbit (stage 1), refinement (stage 2), optionally a mesh (--mesh).
 
-    python scripts/run_hi3d.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
-    python scripts/run_hi3d.py --demo --image_path demo/robot.png --output_dir outputs/demo   # tiny random models
+    python scripts/run_hi3d.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
+    python scripts/run_hi3d.py --demo --image_path demo/object_a_elev10.png --output_dir outputs/demo   # tiny random models
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="use the tiny untrained demo configs (no checkpoints needed)")
     parser.add_argument("--ckpt_dir", default="ckpts",
-                        help="folder of the released first_stage.pt / second_stage.pt (used without --demo or configs)")
+                        help="folder of the released first_stage.pt / second_stage.pt, or a hub repository hf://OWNER/NAME "
+                             "(used without --demo or configs; --stage1_checkpoint / --stage2_checkpoint replace a file)")
     parser.add_argument("--stage1_config", default=None, help="stage-1 config (default: inference-v01.yaml, or demo-v01.yaml with --demo)")
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (default: inference-v02.yaml, or demo-v02.yaml with --demo)")
-    parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights (default: the config's 'checkpoint')")
-    parser.add_argument("--stage2_checkpoint", default=None, help="stage-2 weights (default: the config's 'checkpoint')")
+    parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights, a path or hf://OWNER/NAME/FILE (default: first_stage.pt of --ckpt_dir, "
+                             "or the config's 'checkpoint')")
+    parser.add_argument("--stage2_checkpoint", default=None, help="stage-2 weights, a path or hf://OWNER/NAME/FILE (default: second_stage.pt of --ckpt_dir, "
+                             "or the config's 'checkpoint')")
     parser.add_argument("--mesh", action="store_true", help="end with 3D reconstruction: OUT/3d/mesh.glb and mesh.obj")
     parser.add_argument("--mesh_resolution", type=int, default=512, help="view size used for the Gaussian fit")
     parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
@@ -34,9 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
     """The released models from --ckpt_dir, unless --demo or explicit configs / checkpoints are given."""
-    explicit = (args.stage1_config, args.stage2_config, args.stage1_checkpoint, args.stage2_checkpoint)
-    if not args.demo and all(value is None for value in explicit):
-        return Hi3DPipeline.from_pretrained(args.ckpt_dir, **pipeline_options(args))
+    if not args.demo and args.stage1_config is None and args.stage2_config is None:
+        return Hi3DPipeline.from_pretrained(args.ckpt_dir, args.stage1_checkpoint, args.stage2_checkpoint,
+                                            **pipeline_options(args))
     default1, default2 = DEMO_CONFIGS if args.demo else (PRETRAINED["orbit"][1], PRETRAINED["refine"][1])
     return Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
                                      args.stage1_checkpoint, args.stage2_checkpoint, **pipeline_options(args))

@@ -4,6 +4,7 @@ Example::
 
     from sgm.pipelines.hi3d import Hi3DPipeline
     pipe = Hi3DPipeline.from_pretrained("ckpts")          # ckpts/first_stage.pt, ckpts/second_stage.pt
+    # or: Hi3DPipeline.from_pretrained("hf://hbyang/Hi3D", stage1_checkpoint="ckpts/first_stage.pt")
     result = pipe("demo/object_a_elev10.png", "outputs/a", elevation_deg=10, seed=0,
                   stages=("orbit", "refine", "mesh"))
     result.orbit.images[0].show(); print(result.videos, result.mesh_path)
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..hub import KNOWN_FILES, HubFileError, is_hub_reference, local_path
+from ..hub import join as hub_join
 from ..modules.diffusionmodules.sampling import StepCallback
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
 from .checks import RunSettings, check_settings, require_finite_frames
@@ -36,6 +39,7 @@ from .inputs import InputImage, load_input, open_input
 from .loading import (
     ExecutionPlan,
     ModelSpec,
+    checkpoint_source,
     load_stage_model,
     resolve_checkpoint,
     resolve_compile,
@@ -138,29 +142,49 @@ class Hi3DPipeline:
         stage2_checkpoint: str | Path | None = None,
         **kwargs,
     ) -> "Hi3DPipeline":
-        """Pipeline from config paths; checkpoints default to each config's ``checkpoint`` entry."""
+        """Pipeline from config paths; checkpoints (local paths or ``hf://`` hub references, see
+        :mod:`sgm.hub`) default to each config's ``checkpoint`` entry."""
         def spec(config, checkpoint):
             if config is None:
                 return None
-            return ModelSpec(Path(config), Path(checkpoint) if checkpoint is not None else None)
+            if checkpoint is not None and not is_hub_reference(str(checkpoint)):
+                checkpoint = Path(checkpoint)
+            return ModelSpec(Path(config), None if checkpoint is None else checkpoint)
         return cls(spec(stage1_config, stage1_checkpoint), spec(stage2_config, stage2_checkpoint), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, ckpt_dir: str | Path = "ckpts", **kwargs) -> "Hi3DPipeline":
-        """Pipeline of the released models: ``ckpt_dir/first_stage.pt`` and ``ckpt_dir/second_stage.pt``
+    def from_pretrained(cls, ckpt_dir: str | Path = "ckpts", stage1_checkpoint: str | Path | None = None,
+                        stage2_checkpoint: str | Path | None = None, **kwargs) -> "Hi3DPipeline":
+        """Pipeline of the released models: ``first_stage.pt`` and ``second_stage.pt`` of ``ckpt_dir``
         with the architectures of ``configs/inference-v01.yaml`` / ``inference-v02.yaml``.
 
+        ``ckpt_dir`` is a local folder or a hub repository (``"hf://hbyang/Hi3D"``, see :mod:`sgm.hub`):
+        hub files are downloaded into the hub cache now (``HF_HUB_OFFLINE=1``: the cache only).
+        ``stage1_checkpoint`` / ``stage2_checkpoint`` (a path or an ``hf://`` file) replace that
+        stage's file of ``ckpt_dir``; the stage-1 checkpoint is not on the hub, so
+        ``from_pretrained("hf://hbyang/Hi3D", stage1_checkpoint="ckpts/first_stage.pt")``.
+
         Raises:
-            MissingCheckpointError: a file is absent (the message names every missing file).
+            MissingCheckpointError: a file is absent or cannot be downloaded (the message names every
+                such file, where to get it and where to put it).
         """
-        ckpt_dir = Path(ckpt_dir)
-        missing = [str(ckpt_dir / name) for name, _ in PRETRAINED.values() if not (ckpt_dir / name).is_file()]
-        if missing:
+        chosen = {"orbit": stage1_checkpoint, "refine": stage2_checkpoint}
+        files, problems = {}, []
+        for stage, (name, _) in PRETRAINED.items():
+            source = chosen[stage] if chosen[stage] is not None else hub_join(ckpt_dir, name)
+            try:
+                files[stage] = local_path(source)
+            except HubFileError as err:
+                problems.append(str(err))
+                continue
+            if not files[stage].is_file():
+                problems.append(f"{files[stage]} not found: {KNOWN_FILES[name].advice(files[stage])}")
+        if problems:
             raise MissingCheckpointError(
-                f"checkpoints not found: {', '.join(missing)}. Download the released Hi3D checkpoints and place "
-                "them there as listed in ckpts/README.md")
-        (name1, config1), (name2, config2) = PRETRAINED["orbit"], PRETRAINED["refine"]
-        return cls.from_configs(config1, config2, ckpt_dir / name1, ckpt_dir / name2, **kwargs)
+                f"checkpoints missing: {' | '.join(problems)}. The released Hi3D checkpoints are listed in "
+                "ckpts/README.md")
+        (_, config1), (_, config2) = PRETRAINED["orbit"], PRETRAINED["refine"]
+        return cls.from_configs(config1, config2, files["orbit"], files["refine"], **kwargs)
 
     def model(self, stage: str) -> torch.nn.Module:
         """The model of ``stage`` ("orbit" or "refine"), built once."""
@@ -170,8 +194,9 @@ class Hi3DPipeline:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, checkpoint = load_stage_model(spec, home, self.dtype)
-            self._weights[stage] = {"config": str(spec.config),
-                                    "checkpoint": None if checkpoint is None else str(checkpoint)}
+            source = checkpoint_source(spec)
+            named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
+            self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
             if self.compile:
                 model.model.diffusion_model.compile()  # torch.compile in place; state-dict keys unchanged
             self._models[stage] = model
@@ -182,7 +207,10 @@ class Hi3DPipeline:
         spec = self.specs.get(stage)
         if spec is None:
             raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
-        return resolve_checkpoint(spec) is None
+        source = checkpoint_source(spec)
+        if source is not None and not is_hub_reference(str(source)):
+            resolve_checkpoint(spec)  # a missing local file is named now; a hub file is fetched when the model is built
+        return source is None
 
     def release_memory(self) -> None:
         """Return cached accelerator memory to the driver (the models stay where they live)."""
