@@ -21,7 +21,8 @@ from sgm.checkpoint import CheckpointError
 from sgm.cli import add_sampling_args
 from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.images import InputImageError, read_image, remove_background, resize_and_center_crop
+from sgm.pipelines.background import load_rembg, remove_background
+from sgm.pipelines.images import InputImageError, read_image, resize_and_center_crop
 from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_compile, resolve_device
 from sgm.pipelines.outputs import OutputExistsError
 from sgm.pipelines.video_io import read_mp4, write_mp4
@@ -144,6 +145,7 @@ def test_bad_images_are_refused(pipe, tmp_path):
 def test_rgb_input_without_rembg_is_used_as_is_with_a_warning(tmp_path, caplog):
     path = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(path)
+    load_rembg.cache_clear()  # the warning is given once per process
     with caplog.at_level(logging.WARNING):
         rgba = remove_background(read_image(path), use_rembg=True)
     assert rgba.mode == "RGBA" and np.all(np.asarray(rgba)[..., 3] == 255)

@@ -1,4 +1,5 @@
-"""Image handling of the inference pipelines: reading, background, resizing, conversions.
+"""Image handling of the inference pipelines: reading, resizing, conversions (background removal:
+:mod:`sgm.pipelines.background`).
 
 Conventions: images on disk are 8-bit (16-bit inputs are scaled to 8 bits on reading); model
 frames are float tensors in [-1, 1] laid out (3, H, W) or (T, 3, H, W); pixel arrays are uint8
@@ -6,8 +7,6 @@ numpy (H, W, 3) or (T, H, W, 3).
 """
 from __future__ import annotations
 
-import importlib.util
-import logging
 import math
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UsageError
 
-log = logging.getLogger(__name__)
 
 # A pixel whose R, G and B all exceed this is background (white) in the stage-2 masks.
 WHITE_THRESHOLD = 220
@@ -105,33 +103,6 @@ def check_not_transparent(rgba: Image.Image, name: str, removed_background: bool
         raise InputImageError(f"background removal (rembg) left nothing of {name}: pass an RGBA image with the "
                               "object cut out, or --no_rembg to use the image as is")
     raise InputImageError(f"{name} is fully transparent (alpha 0 everywhere): there is no object to generate from")
-
-
-def rembg_available() -> bool:
-    """Whether the optional ``rembg`` package can be imported."""
-    return importlib.util.find_spec("rembg") is not None
-
-
-def remove_background(image: Image.Image, use_rembg: bool = True) -> Image.Image:
-    """RGBA version of ``image``.
-
-    RGBA input is returned as is. RGB input goes through rembg when it is installed and
-    ``use_rembg`` is true; otherwise (or if rembg fails, e.g. its model file is not present
-    locally and cannot be downloaded) it is used as is, fully opaque, with a warning.
-    """
-    if image.mode == "RGBA":
-        return image
-    if use_rembg and rembg_available():
-        try:
-            import rembg
-
-            return rembg.remove(image).convert("RGBA")
-        except Exception as err:  # rembg downloads its model on first use; offline that fails
-            log.warning("rembg could not remove the background (%s); using the image as is", err)
-    elif use_rembg:
-        log.warning("RGB input and rembg is not installed: using the image as is (pip install rembg, "
-                    "or pass an RGBA image with the object cut out)")
-    return image.convert("RGBA")
 
 
 def composite_on_white(rgba: Image.Image) -> Image.Image:
