@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mesh", action="store_true", help="end with 3D reconstruction: OUT/3d/mesh.glb and mesh.obj")
     parser.add_argument("--mesh_resolution", type=int, default=512, help="view size used for the Gaussian fit")
     parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
+    parser.add_argument("--faces", type=int, default=ReconstructConfig.max_faces,
+                        help="face budget of the textured mesh (simplified to about this many; 0 = no limit)")
     add_sampling_args(parser)
     return parser.parse_args(argv)
 
@@ -51,7 +53,8 @@ def main(argv=None) -> None:
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     stages = ("orbit", "refine", "mesh") if args.mesh else ("orbit", "refine")
-    config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution)
+    config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution,
+                               max_faces=args.faces or None)
     result = pipe(args.image_path, args.output_dir, elevation_deg=args.elevation, seed=args.seed,
                   num_steps=args.num_steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages,
                   overwrite=args.overwrite, mesh_config=config)

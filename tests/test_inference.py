@@ -277,9 +277,11 @@ def test_mesh_stage_writes_glb_and_obj_from_refined_views(tmp_path):
         Image.fromarray(((rgba[..., 3] > 0.5) * 255).astype(np.uint8)).save(masks / f"mask_{index:02d}.png")
     pipe = Hi3DPipeline(None, None, device="cpu")
     config = ReconstructConfig(fit=FitConfig(iterations=40, num_init=2000), resolution=48, num_novel_views=2,
-                               mesh_resolution=32)
+                               mesh_resolution=32, texture_size=64)
     result = pipe.run_mesh(out, elevation_deg=20.0, config=config)
     assert result.mesh_glb == out / "3d" / "mesh.glb" and result.mesh_glb.stat().st_size > 0
     assert result.mesh_obj.read_text().count("\nf ") > 100
+    assert result.scene_ply == out / "3d" / "gaussians.ply" and result.scene_ply.stat().st_size > 1000
+    assert result.textured.texture.shape == (64, 64, 3) and len(result.textured.uv) == len(result.textured.vertices)
     with pytest.raises(OutputExistsError):
         pipe.run_mesh(out, elevation_deg=20.0, config=config)

@@ -76,6 +76,6 @@ def mesh_settings(on_gpu: bool, iterations: int | None = None, resolution: int |
         base = ReconstructConfig()
     else:
         base = ReconstructConfig(fit=FitConfig(iterations=100, num_init=2000, max_gaussians=20_000), resolution=64,
-                                 num_novel_views=4, mesh_resolution=64)
+                                 num_novel_views=4, mesh_resolution=64, texture_size=512)
     fit = dataclasses.replace(base.fit, iterations=iterations or base.fit.iterations)
     return dataclasses.replace(base, fit=fit, resolution=resolution or base.resolution)

@@ -165,3 +165,22 @@ def contact_sheet(pixels: np.ndarray, columns: int = 8) -> np.ndarray:
         r, c = divmod(index, columns)
         sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = view
     return sheet
+
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def frames_as(pixels: np.ndarray, output_type: str = "pil"):
+    """uint8 frames (T, H, W, 3) as ``output_type``: "pil", a list of RGB PIL images; "np", float32
+    (T, H, W, 3) in [0, 1]; "pt", a float32 torch tensor (T, 3, H, W) in [0, 1] (values = pixels / 255).
+
+    Raises:
+        UsageError: an unknown ``output_type``.
+    """
+    if output_type == "pil":
+        return [Image.fromarray(frame) for frame in pixels]
+    if output_type == "np":
+        return pixels.astype(np.float32) / 255.0
+    if output_type == "pt":
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    raise UsageError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
