@@ -1,17 +1,28 @@
-"""Hi3D on one image in one process: orbit (stage 1), refinement (stage 2), optionally a mesh (--mesh).
+"""Hi3D on one image, or a batch, in one process: orbit (stage 1), refinement (stage 2), optionally a
+mesh (--mesh).
 
     python scripts/run_hi3d.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
     python scripts/run_hi3d.py --demo --image_path demo/object_a_elev10.png --output_dir outputs/demo   # tiny random models
+    python scripts/run_hi3d.py --demo --image_path demo --output_dir outputs/batch   # every image of a folder
+    python scripts/run_hi3d.py --demo --image_path "demo/object_*.png" --output_dir outputs/batch   # a glob (quoted)
+
+A folder or a glob runs every image it names with one model load, each into OUT/<file name without
+suffix>/ (the same --elevation for all). An image that fails (unreadable, an existing result
+without --overwrite, ...) is reported and the others still run; the command then exits with code 2.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
+from sgm.cli import DEMO_NOTICE, USER_ERRORS, add_sampling_args, pipeline_options, run_main
+from sgm.pipelines.batch import batch_inputs, output_folders
+from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import PRETRAINED, Hi3DPipeline
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig
+from sgm.recon.simplify import MIN_FACES
 
 DEMO_CONFIGS = ("configs/demo-v01.yaml", "configs/demo-v02.yaml")
 
@@ -33,8 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
     parser.add_argument("--faces", type=int, default=ReconstructConfig.max_faces,
                         help="face budget of the textured mesh (simplified to about this many; 0 = no limit)")
-    add_sampling_args(parser)
-    return parser.parse_args(argv)
+    add_sampling_args(parser, image_help="input image (RGBA, or RGB: background removed with rembg if installed), "
+                                         "or a folder or quoted glob pattern of images (one output folder each)")
+    args = parser.parse_args(argv)
+    if args.faces < 0 or 0 < args.faces < MIN_FACES:
+        parser.error(f"--faces must be 0 (no limit) or at least {MIN_FACES}, got {args.faces}")
+    return args
 
 
 def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
@@ -47,21 +62,51 @@ def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
                                      args.stage1_checkpoint, args.stage2_checkpoint, **pipeline_options(args))
 
 
+def report(result) -> None:
+    print(f"stage 1: {result.orbit.video}  ({result.orbit.extra['contact_sheet']})")
+    print(f"stage 2: {result.refined.video}  ({result.refined.extra['contact_sheet']})")
+    if result.mesh is not None:
+        print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.scene_ply}, {result.mesh.mesh_obj})")
+
+
+def run_batch(run, images: list[Path], root: Path) -> None:
+    """``run(image, folder)`` for every image; a user error stops only its own image.
+
+    Raises:
+        UsageError: naming the images that failed, once all have been tried.
+    """
+    failed = []
+    for index, (image, folder) in enumerate(zip(images, output_folders(images, root)), 1):
+        print(f"[{index}/{len(images)}] {image} -> {folder}", flush=True)
+        try:
+            report(run(image, folder))
+        except USER_ERRORS as err:
+            print(f"error: {image}: {err}", file=sys.stderr, flush=True)
+            failed.append(image.name)
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(images)} images failed ({', '.join(failed)}); the results of the "
+                         f"others are in {root.resolve()}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    images = batch_inputs(args.image_path)  # checked before any model is built
     pipe = build_pipeline(args)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     stages = ("orbit", "refine", "mesh") if args.mesh else ("orbit", "refine")
     config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution,
                                max_faces=args.faces or None)
-    result = pipe(args.image_path, args.output_dir, elevation_deg=args.elevation, seed=args.seed,
-                  num_steps=args.num_steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages,
-                  overwrite=args.overwrite, mesh_config=config)
-    print(f"stage 1: {result.orbit.video}  ({result.orbit.extra['contact_sheet']})")
-    print(f"stage 2: {result.refined.video}  ({result.refined.extra['contact_sheet']})")
-    if result.mesh is not None:
-        print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.mesh_obj})")
+
+    def run(image, folder):
+        return pipe(image, folder, elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,
+                    min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages, overwrite=args.overwrite,
+                    mesh_config=config)
+
+    if images is None:
+        report(run(args.image_path, args.output_dir))
+    else:
+        run_batch(run, images, Path(args.output_dir))
     print(f"all outputs are in {Path(args.output_dir).resolve()}")
 
 

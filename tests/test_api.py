@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sgm.pipelines.hi3d as hi3d
 from conftest import ROOT, small_demo_configs
-from sgm.pipelines.errors import MissingCheckpointError
+from sgm.pipelines.errors import MissingCheckpointError, UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
 
@@ -139,3 +140,35 @@ def test_the_mesh_stage_forwards_the_step_callback_to_the_reconstruction(tmp_pat
     assert pipe.run_mesh(tmp_path, 10, callback=lambda step, total: steps.append((step, total))) == f"mesh of {tmp_path}"
     result = pipe(None, tmp_path, elevation_deg=10, stages=("mesh",), callback=lambda *step: steps.append(step))
     assert result.mesh == f"mesh of {tmp_path}" and steps == [(0, 3), (1, 3), (2, 3)] * 2
+
+
+def test_output_dir_none_writes_nothing_and_equals_a_run_that_writes(pipe, image_path, tmp_path, monkeypatch):
+    written = pipe(image_path, tmp_path / "disk", elevation_deg=10, seed=4, num_steps=STEPS)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    memory = pipe(image_path, None, elevation_deg=10, seed=4, num_steps=STEPS, output_type="pt")
+    assert list(work.iterdir()) == [] and memory.output_dir is None and memory.videos == {}
+    np.testing.assert_array_equal(memory.orbit.pixels, written.orbit.pixels)
+    np.testing.assert_array_equal(memory.refined.pixels, written.refined.pixels)  # stage 2 saw the same mp4 frames
+    frames = memory.refined.frames
+    assert isinstance(frames, torch.Tensor) and frames.dtype == torch.float32 and frames.shape == (16, 3, 128, 128)
+    torch.testing.assert_close(frames, torch.from_numpy(written.refined.pixels).permute(0, 3, 1, 2) / 255.0)
+    with pytest.raises(UsageError, match="start at 'orbit'"):
+        pipe(None, None, stages=("refine",))
+
+
+def test_output_types_and_a_callers_generator(pipe, image_path):
+    run = dict(elevation_deg=10, num_steps=STEPS, stages=("orbit",))
+    seeded = pipe(image_path, None, seed=9, output_type="np", **run)
+    assert seeded.orbit.frames.dtype == np.float32 and seeded.orbit.frames.shape == (16, 64, 64, 3)
+    np.testing.assert_array_equal(seeded.orbit.frames * 255.0, seeded.orbit.pixels.astype(np.float32))
+    drawn = pipe(image_path, None, generator=torch.Generator().manual_seed(9), **run)
+    assert isinstance(drawn.orbit.frames, list) and drawn.orbit.frames[0].mode == "RGB"
+    np.testing.assert_array_equal(drawn.orbit.pixels, seeded.orbit.pixels)  # the same draws as seed=9
+    other = pipe(image_path, None, generator=torch.Generator().manual_seed(10), **run)
+    assert not np.array_equal(other.orbit.pixels, seeded.orbit.pixels)
+    with pytest.raises(UsageError, match="output_type"):
+        pipe(image_path, None, output_type="jpeg", **run)
+    with pytest.raises(UsageError, match="torch.Generator"):
+        pipe(image_path, None, generator=np.random.default_rng(0), **run)

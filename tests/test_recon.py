@@ -352,6 +352,19 @@ def test_reconstruct_reports_every_step_in_order_up_to_the_total(tmp_path):
     assert result.mesh_glb.is_file() and len(result.mesh.faces) > 0
 
 
+def test_reconstruct_without_an_output_dir_writes_nothing(tmp_path, monkeypatch):
+    views = load_views(_write_views(tmp_path / "views", _disc_views()), 0.0)
+    monkeypatch.chdir(tmp_path / "views")
+    before = sorted(p.name for p in (tmp_path / "views").iterdir())
+    config = ReconstructConfig(fit=FitConfig(iterations=3, num_init=200, init_resolution=24, backend="torch"),
+                               resolution=None, num_novel_views=0, mesh_resolution=24, texture_size=32)
+    result = reconstruct(views, 0.0, None, config, device="cpu", progress=False)
+    assert sorted(p.name for p in (tmp_path / "views").iterdir()) == before and sorted(tmp_path.iterdir()) == [
+        tmp_path / "views"]
+    assert result.mesh_glb is None and result.scene_ply is None and len(result.fit.scene) > 0
+    assert result.textured.texture.shape == (32, 32, 3) and len(result.mesh.faces) > 0
+
+
 def result_files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
