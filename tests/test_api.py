@@ -60,15 +60,24 @@ def test_models_are_built_once_across_calls(configs, image_path, tmp_path, monke
     assert not np.array_equal(first.orbit.pixels, second.orbit.pixels)  # the second call did run
 
 
-def test_cli_output_equals_api_output_byte_for_byte(pipe, configs, image_path, tmp_path):
-    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+API_RUN = dict(elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
+
+
+@pytest.fixture(scope="module")
+def api_run(pipe, image_path, tmp_path_factory):
+    """Both stages through the API into a folder (the settings of API_RUN)."""
+    out = tmp_path_factory.mktemp("api") / "api"
+    return out, pipe(image_path, out, **API_RUN)
+
+
+def test_cli_output_equals_api_output_byte_for_byte(api_run, configs, image_path, tmp_path):
+    cli_out, (api_out, _) = tmp_path / "cli", api_run
     command = [sys.executable, "scripts/run_hi3d.py", "--stage1_config", str(configs[0]), "--stage2_config",
                str(configs[1]), "--image_path", str(image_path), "--output_dir", str(cli_out), "--elevation", "20",
                "--seed", "11", "--num_steps", str(STEPS), "--max_cfg", "1.5", "--device", "cpu"]
     done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    pipe(image_path, api_out, elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
     cli, api = digest_tree(cli_out), digest_tree(api_out)
     assert "second_step_video/second.mp4" in cli and len(cli) > 30
     assert cli == api
@@ -142,13 +151,12 @@ def test_the_mesh_stage_forwards_the_step_callback_to_the_reconstruction(tmp_pat
     assert result.mesh == f"mesh of {tmp_path}" and steps == [(0, 3), (1, 3), (2, 3)] * 2
 
 
-def test_output_dir_none_writes_nothing_and_equals_a_run_that_writes(pipe, image_path, tmp_path, monkeypatch):
-    written = pipe(image_path, tmp_path / "disk", elevation_deg=10, seed=4, num_steps=STEPS)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    memory = pipe(image_path, None, elevation_deg=10, seed=4, num_steps=STEPS, output_type="pt")
-    assert list(work.iterdir()) == [] and memory.output_dir is None and memory.videos == {}
+def test_output_dir_none_writes_nothing_and_equals_a_run_that_writes(pipe, api_run, image_path, tmp_path,
+                                                                     monkeypatch):
+    _, written = api_run
+    monkeypatch.chdir(tmp_path)
+    memory = pipe(image_path, None, output_type="pt", **API_RUN)
+    assert list(tmp_path.iterdir()) == [] and memory.output_dir is None and memory.videos == {}
     np.testing.assert_array_equal(memory.orbit.pixels, written.orbit.pixels)
     np.testing.assert_array_equal(memory.refined.pixels, written.refined.pixels)  # stage 2 saw the same mp4 frames
     frames = memory.refined.frames

@@ -136,3 +136,13 @@ def test_ckpts_readme_lists_every_known_file_with_its_source():
     for name, known in KNOWN_FILES.items():
         assert name in text
         assert (known.hub or known.link) in text, name
+
+
+def test_the_web_app_serves_the_released_models_of_a_hub_repository(hub_cache):
+    from sgm.app.models import choose_models
+
+    fake_hub_cache(hub_cache, "hbyang/Hi3D", {"second_stage.pt": b"weights"})
+    choice = choose_models("hf://hbyang/Hi3D", ckpt_dir_given=True, device="cpu")
+    assert choice.mode == "pretrained" and "hf://hbyang/Hi3D" in choice.notice
+    with pytest.raises(MissingCheckpointError, match="first_stage.pt"):  # reported to the first job, in the page
+        choice.factory()

@@ -17,10 +17,10 @@ from sgm.recon.cameras import orbit_cameras
 from sgm.recon.export import Mesh, read_mesh, write_glb, write_obj
 from sgm.recon.fit import FitConfig, _optimizer, densify_and_prune, fit_gaussians
 from sgm.recon.gaussians import GaussianScene, hull_surface, init_from_views, visual_hull
+from sgm.recon.isosurface import marching_tetrahedra
 from sgm.recon.mesh import (
     component_labels,
     fuse_depths,
-    marching_tetrahedra,
     mesh_from_sdf,
     reject_depth_outliers,
     remove_small_components,

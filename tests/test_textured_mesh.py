@@ -11,7 +11,8 @@ import pytest
 from conftest import ray_sphere_views
 from sgm.recon.cameras import orbit_cameras
 from sgm.recon.export import Mesh, read_mesh, write_glb
-from sgm.recon.mesh import color_vertices, marching_cubes, mesh_from_sdf
+from sgm.recon.isosurface import marching_cubes
+from sgm.recon.mesh import color_vertices, mesh_from_sdf
 from sgm.recon.simplify import simplify_to_faces
 from sgm.recon.texture import bake_texture, unwrap
 

@@ -41,7 +41,7 @@ from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh
 from sgm.recon.gaussians import grid_points, project_view, sample_views
-from sgm.recon.isosurface import EXTRACTORS, marching_cubes, marching_tetrahedra  # noqa: F401 (re-exported)
+from sgm.recon.isosurface import EXTRACTORS
 
 
 def component_labels(num_vertices: int, faces: np.ndarray) -> np.ndarray:
