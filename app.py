@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="also publish a public gradio.live link (needs internet)")
     parser.add_argument("--ckpt_dir", default=None,
-                        help="folder of first_stage.pt / second_stage.pt (default ckpts; the demo models when it holds neither)")
+                        help="folder of first_stage.pt / second_stage.pt, or a hub repository hf://OWNER/NAME (default ckpts; "
+                             "the demo models when it holds neither)")
     parser.add_argument("--demo", action="store_true", help="serve the tiny untrained demo models even if checkpoints exist")
     parser.add_argument("--stage1_config", default=None, help="stage-1 config (overrides the checkpoint folder)")
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (overrides the checkpoint folder)")

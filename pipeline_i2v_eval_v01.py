@@ -1,6 +1,6 @@
 """Hi3D stage 1: one image -> a 16-view orbit video at 512x512.
 
-    python pipeline_i2v_eval_v01.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
+    python pipeline_i2v_eval_v01.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--denoise_config", default="configs/inference-v01.yaml", help="stage-1 model config")
     parser.add_argument("--denoise_checkpoint", default=None,
-                        help="stage-1 weights: a released .pt, a .safetensors, or a training run's "
+                        help="stage-1 weights: a released .pt, a .safetensors, a hub file (hf://OWNER/NAME/FILE, "
+                             "downloaded into the hub cache; HF_HUB_OFFLINE=1: the cache only), or a training run's "
                              "checkpoints/last.ckpt (a file, or a DeepSpeed folder) (default: the config's 'checkpoint', "
                              "ckpts/first_stage.pt)")
     add_sampling_args(parser)

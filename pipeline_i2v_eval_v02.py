@@ -3,7 +3,7 @@
 Reads OUT/temp_image/white.png and OUT/first_step/first.mp4 written by stage 1 (checked against
 OUT/first_step/run.json; --image_path, when given, must be the image stage 1 was run on).
 
-    python pipeline_i2v_eval_v02.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
+    python pipeline_i2v_eval_v02.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--denoise_config", default="configs/inference-v02.yaml", help="stage-2 model config")
     parser.add_argument("--denoise_checkpoint", default=None,
-                        help="stage-2 weights: a released .pt, a .safetensors, or a training run's "
+                        help="stage-2 weights: a released .pt, a .safetensors, a hub file (hf://OWNER/NAME/FILE, "
+                             "downloaded into the hub cache; HF_HUB_OFFLINE=1: the cache only), or a training run's "
                              "checkpoints/last.ckpt (a file, or a DeepSpeed folder) (default: the config's 'checkpoint', "
                              "ckpts/second_stage.pt)")
     add_sampling_args(parser, image_required=False)

@@ -7,7 +7,8 @@
 --views takes a folder of view_XX.png (masks from ../masks/mask_XX.png when present, else the
 white threshold; a cameras.json beside the views overrides the orbit), a pipeline output
 folder, or a video. Writes OUT/views (inputs and novel views, cameras.json), OUT/masks,
-OUT/gaussians.pt, OUT/mesh.obj, OUT/mesh.glb and OUT/report.json. On CUDA with gsplat
+OUT/gaussians.pt and OUT/gaussians.ply (standard 3DGS layout), OUT/mesh.glb (UV-textured, at most
+--faces faces), OUT/mesh.obj (the same surface, vertex colours) and OUT/report.json. On CUDA with gsplat
 installed the fit uses gsplat; otherwise a plain-PyTorch rasteriser (slow: use small
 --resolution and --iterations on a CPU).
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from sgm.cli import run_main
 from sgm.recon.fit import FitConfig
+from sgm.recon.isosurface import EXTRACTORS
+from sgm.recon.simplify import MIN_FACES
 from sgm.recon.reconstruct import ReconstructConfig, reconstruct
 from sgm.recon.rasterize import BACKENDS
 
@@ -35,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra views rendered between and beside the input orbit")
     parser.add_argument("--mesh_resolution", type=int, default=ReconstructConfig.mesh_resolution,
                         help="voxels per axis of the fused volume")
+    parser.add_argument("--faces", type=int, default=ReconstructConfig.max_faces,
+                        help="face budget of the mesh (simplified to about this many; 0 = no limit)")
+    parser.add_argument("--texture_size", type=int, default=ReconstructConfig.texture_size,
+                        help="side of the baked texture in texels (0: vertex colours only)")
+    parser.add_argument("--surface", default=ReconstructConfig.surface, choices=sorted(EXTRACTORS),
+                        help="surface extraction: marching cubes (default) or marching tetrahedra")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result on the CPU)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -45,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("iterations", "num_gaussians", "max_gaussians", "mesh_resolution"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.novel_views < 0 or args.resolution < 0:
-        parser.error("--novel_views and --resolution must not be negative")
+    if args.novel_views < 0 or args.resolution < 0 or args.texture_size < 0:
+        parser.error("--novel_views, --resolution and --texture_size must not be negative")
+    if 0 < args.faces < MIN_FACES or args.faces < 0:
+        parser.error(f"--faces must be 0 (no limit) or at least {MIN_FACES}, got {args.faces}")
     return args
 
 
@@ -55,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
     fit = FitConfig(iterations=args.iterations, num_init=args.num_gaussians,
                     max_gaussians=max(args.max_gaussians, args.num_gaussians), seed=args.seed, backend=args.backend)
     return ReconstructConfig(fit=fit, resolution=args.resolution or None, num_novel_views=args.novel_views,
-                             mesh_resolution=args.mesh_resolution)
+                             mesh_resolution=args.mesh_resolution, max_faces=args.faces or None,
+                             texture_size=args.texture_size, surface=args.surface)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     width, height = report["resolution"]
     print(f"fitted {report['gaussians']} Gaussians to {report['views']} views ({width}x{height}, "
           f"{report['backend']}) in {report['seconds']['fit']:.1f} s")
-    print(f"mesh: {report['mesh_faces']} faces -> {result.mesh_obj}, {result.mesh_glb}")
+    print(f"mesh: {report['mesh_faces']} faces -> {result.mesh_glb} (texture {report['texture']}), {result.mesh_obj}")
+    print(f"gaussians: {result.scene_path}, {result.scene_ply}")
     print(f"views (inputs + {report['novel_views']} novel): {result.views_dir}")
 
 

@@ -1,17 +1,28 @@
-"""Hi3D on one image in one process: orbit (stage 1), refinement (stage 2), optionally a mesh (--mesh).
+"""Hi3D on one image, or a batch, in one process: orbit (stage 1), refinement (stage 2), optionally a
+mesh (--mesh).
 
-    python scripts/run_hi3d.py --image_path demo/robot.png --output_dir outputs/robot --elevation 10
-    python scripts/run_hi3d.py --demo --image_path demo/robot.png --output_dir outputs/demo   # tiny random models
+    python scripts/run_hi3d.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
+    python scripts/run_hi3d.py --demo --image_path demo/object_a_elev10.png --output_dir outputs/demo   # tiny random models
+    python scripts/run_hi3d.py --demo --image_path demo --output_dir outputs/batch   # every image of a folder
+    python scripts/run_hi3d.py --demo --image_path "demo/object_*.png" --output_dir outputs/batch   # a glob (quoted)
+
+A folder or a glob runs every image it names with one model load, each into OUT/<file name without
+suffix>/ (the same --elevation for all). An image that fails (unreadable, an existing result
+without --overwrite, ...) is reported and the others still run; the command then exits with code 2.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
+from sgm.cli import DEMO_NOTICE, USER_ERRORS, add_sampling_args, pipeline_options, run_main
+from sgm.pipelines.batch import batch_inputs, output_folders
+from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import PRETRAINED, Hi3DPipeline
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig
+from sgm.recon.simplify import MIN_FACES
 
 DEMO_CONFIGS = ("configs/demo-v01.yaml", "configs/demo-v02.yaml")
 
@@ -20,42 +31,82 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="use the tiny untrained demo configs (no checkpoints needed)")
     parser.add_argument("--ckpt_dir", default="ckpts",
-                        help="folder of the released first_stage.pt / second_stage.pt (used without --demo or configs)")
+                        help="folder of the released first_stage.pt / second_stage.pt, or a hub repository hf://OWNER/NAME "
+                             "(used without --demo or configs; --stage1_checkpoint / --stage2_checkpoint replace a file)")
     parser.add_argument("--stage1_config", default=None, help="stage-1 config (default: inference-v01.yaml, or demo-v01.yaml with --demo)")
     parser.add_argument("--stage2_config", default=None, help="stage-2 config (default: inference-v02.yaml, or demo-v02.yaml with --demo)")
-    parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights (default: the config's 'checkpoint')")
-    parser.add_argument("--stage2_checkpoint", default=None, help="stage-2 weights (default: the config's 'checkpoint')")
+    parser.add_argument("--stage1_checkpoint", default=None, help="stage-1 weights, a path or hf://OWNER/NAME/FILE (default: first_stage.pt of --ckpt_dir, "
+                             "or the config's 'checkpoint')")
+    parser.add_argument("--stage2_checkpoint", default=None, help="stage-2 weights, a path or hf://OWNER/NAME/FILE (default: second_stage.pt of --ckpt_dir, "
+                             "or the config's 'checkpoint')")
     parser.add_argument("--mesh", action="store_true", help="end with 3D reconstruction: OUT/3d/mesh.glb and mesh.obj")
     parser.add_argument("--mesh_resolution", type=int, default=512, help="view size used for the Gaussian fit")
     parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
-    add_sampling_args(parser)
-    return parser.parse_args(argv)
+    parser.add_argument("--faces", type=int, default=ReconstructConfig.max_faces,
+                        help="face budget of the textured mesh (simplified to about this many; 0 = no limit)")
+    add_sampling_args(parser, image_help="input image (RGBA, or RGB: background removed with rembg if installed), "
+                                         "or a folder or quoted glob pattern of images (one output folder each)")
+    args = parser.parse_args(argv)
+    if args.faces < 0 or 0 < args.faces < MIN_FACES:
+        parser.error(f"--faces must be 0 (no limit) or at least {MIN_FACES}, got {args.faces}")
+    return args
 
 
 def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
     """The released models from --ckpt_dir, unless --demo or explicit configs / checkpoints are given."""
-    explicit = (args.stage1_config, args.stage2_config, args.stage1_checkpoint, args.stage2_checkpoint)
-    if not args.demo and all(value is None for value in explicit):
-        return Hi3DPipeline.from_pretrained(args.ckpt_dir, **pipeline_options(args))
+    if not args.demo and args.stage1_config is None and args.stage2_config is None:
+        return Hi3DPipeline.from_pretrained(args.ckpt_dir, args.stage1_checkpoint, args.stage2_checkpoint,
+                                            **pipeline_options(args))
     default1, default2 = DEMO_CONFIGS if args.demo else (PRETRAINED["orbit"][1], PRETRAINED["refine"][1])
     return Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
                                      args.stage1_checkpoint, args.stage2_checkpoint, **pipeline_options(args))
 
 
+def report(result) -> None:
+    print(f"stage 1: {result.orbit.video}  ({result.orbit.extra['contact_sheet']})")
+    print(f"stage 2: {result.refined.video}  ({result.refined.extra['contact_sheet']})")
+    if result.mesh is not None:
+        print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.scene_ply}, {result.mesh.mesh_obj})")
+
+
+def run_batch(run, images: list[Path], root: Path) -> None:
+    """``run(image, folder)`` for every image; a user error stops only its own image.
+
+    Raises:
+        UsageError: naming the images that failed, once all have been tried.
+    """
+    failed = []
+    for index, (image, folder) in enumerate(zip(images, output_folders(images, root)), 1):
+        print(f"[{index}/{len(images)}] {image} -> {folder}", flush=True)
+        try:
+            report(run(image, folder))
+        except USER_ERRORS as err:
+            print(f"error: {image}: {err}", file=sys.stderr, flush=True)
+            failed.append(image.name)
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(images)} images failed ({', '.join(failed)}); the results of the "
+                         f"others are in {root.resolve()}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    images = batch_inputs(args.image_path)  # checked before any model is built
     pipe = build_pipeline(args)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(DEMO_NOTICE)
     stages = ("orbit", "refine", "mesh") if args.mesh else ("orbit", "refine")
-    config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution)
-    result = pipe(args.image_path, args.output_dir, elevation_deg=args.elevation, seed=args.seed,
-                  num_steps=args.num_steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages,
-                  overwrite=args.overwrite, mesh_config=config)
-    print(f"stage 1: {result.orbit.video}  ({result.orbit.extra['contact_sheet']})")
-    print(f"stage 2: {result.refined.video}  ({result.refined.extra['contact_sheet']})")
-    if result.mesh is not None:
-        print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.mesh_obj})")
+    config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution,
+                               max_faces=args.faces or None)
+
+    def run(image, folder):
+        return pipe(image, folder, elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps,
+                    min_cfg=args.min_cfg, max_cfg=args.max_cfg, stages=stages, overwrite=args.overwrite,
+                    mesh_config=config)
+
+    if images is None:
+        report(run(args.image_path, args.output_dir))
+    else:
+        run_batch(run, images, Path(args.output_dir))
     print(f"all outputs are in {Path(args.output_dir).resolve()}")
 
 

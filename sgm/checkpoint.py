@@ -11,6 +11,9 @@ Layouts (chosen by file suffix and content):
 - a folder: a DeepSpeed ZeRO stage 1/2 checkpoint (Lightning's ``last.ckpt/`` under
   ``deepspeed_stage_2``), read by :mod:`sgm.zero_checkpoint` (float32 master weights).
 
+A path may also be a hub reference (``hf://OWNER/NAME/FILE``, :mod:`sgm.hub`): the file is
+downloaded into the hub cache first.
+
 Loading is strict by default: missing, unexpected and shape-mismatched keys are reported by
 name. A partial load must be asked for explicitly with ``allow_missing`` prefixes.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .hub import local_path
 from .zero_checkpoint import ZeroCheckpointError, read_zero_checkpoint
 
 log = logging.getLogger(__name__)
@@ -53,12 +57,15 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read the flat ``{key: tensor}`` weights of a checkpoint file (on the CPU).
 
+    ``path`` is a file, a DeepSpeed folder or an ``hf://`` hub reference (:func:`sgm.hub.local_path`).
+
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
+        FileNotFoundError: if ``path`` does not exist (:class:`sgm.hub.HubFileError` for a hub
+            file that cannot be had, naming where to get it).
         CheckpointError: if the suffix is unknown, the content is not a state dict, or a folder
             is not a readable DeepSpeed checkpoint.
     """
-    path = Path(path)
+    path = local_path(path)
     if path.is_dir():
         try:
             return read_zero_checkpoint(path)

@@ -24,11 +24,13 @@ DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: thei
                "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = True) -> None:
+def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = True,
+                      image_help: str | None = None) -> None:
     """Flags shared by both stages (stage 2 reads the stage-1 outputs; its optional --image_path is checked
     to be the image stage 1 was run on)."""
-    image_help = ("input image (RGBA, or RGB: background removed with rembg if installed)" if image_required else
-                  "optional: the image stage 1 was run on; refused if the stage-1 outputs were made from another")
+    image_help = image_help or (
+        "input image (RGBA, or RGB: background removed with rembg if installed)" if image_required else
+        "optional: the image stage 1 was run on; refused if the stage-1 outputs were made from another")
     parser.add_argument("--image_path", required=image_required, help=image_help)
     parser.add_argument("--output_dir", required=True, help="folder for this image's results")
     low, high = TRAINED_ELEVATION_DEG

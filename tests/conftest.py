@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,47 @@ def redraw_zero_parameters(module: torch.nn.Module, std: float = 0.02) -> None:
     for param in module.parameters():
         if not param.any():
             param.normal_(0.0, std)
+
+
+def write_synthetic_stage2(out: Path, size: int, elevation_deg: float = 20.0, seed: int = 3) -> Path:
+    """A stage-2 output folder (``second_step_video/views`` and ``masks``) of a procedural object's
+    orbit (:mod:`sgm.data.synthetic_orbits`) at ``size`` px, as the 3D step reads it; returns ``out``."""
+    from PIL import Image
+
+    from sgm.data.synthetic_orbits import random_object, render_views
+    from sgm.recon.cameras import orbit_cameras
+
+    views, masks = out / "second_step_video" / "views", out / "second_step_video" / "masks"
+    views.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    cameras = orbit_cameras(elevation_deg, width=size, height=size)
+    for index, rgba in enumerate(render_views(random_object(seed), cameras)):
+        rgba = rgba.permute(1, 2, 0).numpy()
+        rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(views / f"view_{index:02d}.png")
+        Image.fromarray(((rgba[..., 3] > 0.5) * 255).astype(np.uint8)).save(masks / f"mask_{index:02d}.png")
+    return out
+
+
+def ray_sphere_views(cameras, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact views of a sphere of ``radius`` (world units) at the origin, by ray casting per pixel centre.
+
+    Returns:
+        depths ``(V, H, W)`` (camera depth along the optical axis, world units; meaningful where hit),
+        hits ``(V, H, W)`` bool, and the world points hit ``(V, H, W, 3)``.
+    """
+    height, width = int(cameras.height), int(cameras.width)
+    rows, cols = np.mgrid[:height, :width] + 0.5
+    depths, hits, points = [], [], []
+    for k in range(len(cameras)):
+        rotation, t = cameras.world_to_camera[k, :3, :3], cameras.world_to_camera[k, :3, 3]
+        fx, fy, cx, cy = cameras.K[k, 0, 0], cameras.K[k, 1, 1], cameras.K[k, 0, 2], cameras.K[k, 1, 2]
+        direction = np.stack([(cols - cx) / fx, (rows - cy) / fy, np.ones_like(cols)], -1)
+        d_world, origin = direction @ rotation, -rotation.T @ t
+        a, b, c = (d_world ** 2).sum(-1), 2 * d_world @ origin, origin @ origin - radius ** 2
+        disc = b * b - 4 * a * c
+        depth = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+        depths.append(depth)
+        hits.append(disc > 0)
+        points.append(origin + depth[..., None] * d_world)
+    return np.stack(depths), np.stack(hits), np.stack(points)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sgm.pipelines.hi3d as hi3d
 from conftest import ROOT, small_demo_configs
 from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
-from sgm.pipelines.errors import MissingCheckpointError
+from sgm.pipelines.errors import MissingCheckpointError, UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
 
@@ -60,15 +61,24 @@ def test_models_are_built_once_across_calls(configs, image_path, tmp_path, monke
     assert not np.array_equal(first.orbit.pixels, second.orbit.pixels)  # the second call did run
 
 
-def test_cli_output_equals_api_output_byte_for_byte(pipe, configs, image_path, tmp_path):
-    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+API_RUN = dict(elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
+
+
+@pytest.fixture(scope="module")
+def api_run(pipe, image_path, tmp_path_factory):
+    """Both stages through the API into a folder (the settings of API_RUN)."""
+    out = tmp_path_factory.mktemp("api") / "api"
+    return out, pipe(image_path, out, **API_RUN)
+
+
+def test_cli_output_equals_api_output_byte_for_byte(api_run, configs, image_path, tmp_path):
+    cli_out, (api_out, _) = tmp_path / "cli", api_run
     command = [sys.executable, "scripts/run_hi3d.py", "--stage1_config", str(configs[0]), "--stage2_config",
                str(configs[1]), "--image_path", str(image_path), "--output_dir", str(cli_out), "--elevation", "20",
                "--seed", "11", "--num_steps", str(STEPS), "--max_cfg", "1.5", "--device", "cpu"]
     done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    pipe(image_path, api_out, elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
     cli, api = digest_tree(cli_out), digest_tree(api_out)
     assert "second_step_video/second.mp4" in cli and len(cli) > 30
     assert cli == api
@@ -145,3 +155,34 @@ def test_the_mesh_stage_forwards_the_step_callback_to_the_reconstruction(tmp_pat
     assert pipe.run_mesh(tmp_path, 10, callback=lambda step, total: steps.append((step, total))) == f"mesh of {tmp_path}"
     result = pipe(None, tmp_path, elevation_deg=10, stages=("mesh",), callback=lambda *step: steps.append(step))
     assert result.mesh == f"mesh of {tmp_path}" and steps == [(0, 3), (1, 3), (2, 3)] * 2
+
+
+def test_output_dir_none_writes_nothing_and_equals_a_run_that_writes(pipe, api_run, image_path, tmp_path,
+                                                                     monkeypatch):
+    _, written = api_run
+    monkeypatch.chdir(tmp_path)
+    memory = pipe(image_path, None, output_type="pt", **API_RUN)
+    assert list(tmp_path.iterdir()) == [] and memory.output_dir is None and memory.videos == {}
+    np.testing.assert_array_equal(memory.orbit.pixels, written.orbit.pixels)
+    np.testing.assert_array_equal(memory.refined.pixels, written.refined.pixels)  # stage 2 saw the same mp4 frames
+    frames = memory.refined.frames
+    assert isinstance(frames, torch.Tensor) and frames.dtype == torch.float32 and frames.shape == (16, 3, 128, 128)
+    torch.testing.assert_close(frames, torch.from_numpy(written.refined.pixels).permute(0, 3, 1, 2) / 255.0)
+    with pytest.raises(UsageError, match="start at 'orbit'"):
+        pipe(None, None, stages=("refine",))
+
+
+def test_output_types_and_a_callers_generator(pipe, image_path):
+    run = dict(elevation_deg=10, num_steps=STEPS, stages=("orbit",))
+    seeded = pipe(image_path, None, seed=9, output_type="np", **run)
+    assert seeded.orbit.frames.dtype == np.float32 and seeded.orbit.frames.shape == (16, 64, 64, 3)
+    np.testing.assert_array_equal(seeded.orbit.frames * 255.0, seeded.orbit.pixels.astype(np.float32))
+    drawn = pipe(image_path, None, generator=torch.Generator().manual_seed(9), **run)
+    assert isinstance(drawn.orbit.frames, list) and drawn.orbit.frames[0].mode == "RGB"
+    np.testing.assert_array_equal(drawn.orbit.pixels, seeded.orbit.pixels)  # the same draws as seed=9
+    other = pipe(image_path, None, generator=torch.Generator().manual_seed(10), **run)
+    assert not np.array_equal(other.orbit.pixels, seeded.orbit.pixels)
+    with pytest.raises(UsageError, match="output_type"):
+        pipe(image_path, None, output_type="jpeg", **run)
+    with pytest.raises(UsageError, match="torch.Generator"):
+        pipe(image_path, None, generator=np.random.default_rng(0), **run)

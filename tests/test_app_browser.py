@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, require
+from conftest import ROOT, require, write_synthetic_stage2
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("HI3D_CHROMIUM", "/usr/bin/chromium")
@@ -86,9 +86,9 @@ def app_url(tmp_path_factory):
 
 
 class SyntheticPipeline:
-    """Stands in for Hi3DPipeline: at once, small real files for each stage (views of a grey disc on
-    white, their masks, the videos, a one-tetrahedron mesh.glb), so the page can show a 3D step that
-    succeeds."""
+    """Stands in for Hi3DPipeline's diffusion stages with small real files (stage 1: views of a grey
+    disc on white; stage 2: the orbit of a procedural object, its masks, the videos), and runs the
+    real 3D step on them (a light CPU setting), so the page shows a textured mesh.glb."""
 
     def is_untrained(self, stage: str) -> bool:
         return False
@@ -97,26 +97,28 @@ class SyntheticPipeline:
         from sgm.pipelines.hi3d import Hi3DResult
         from sgm.pipelines.outputs import OutputLayout
         from sgm.pipelines.video_io import write_mp4, write_views
-        from sgm.recon.export import Mesh, write_glb
+        from sgm.recon.fit import FitConfig
+        from sgm.recon.reconstruct import ReconstructConfig, reconstruct
 
         (stage,) = stages
         layout = OutputLayout(Path(output_dir))
         if stage == "mesh":
-            corners = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
-            faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int64)
-            glb = write_glb(Mesh(corners, faces, np.full((4, 3), 0.6, np.float32)), layout.mesh_dir / "mesh.glb")
-            return Hi3DResult(layout.root, mesh=SimpleNamespace(mesh_glb=glb))
+            config = ReconstructConfig(fit=FitConfig(iterations=80, num_init=2000, max_gaussians=4000),
+                                       resolution=64, num_novel_views=2, mesh_resolution=48, texture_size=256)
+            mesh = reconstruct(layout.root, 20.0, layout.mesh_dir, config, device="cpu", progress=False)
+            return Hi3DResult(layout.root, mesh=mesh)
+        if stage == "refine":
+            write_synthetic_stage2(layout.root, 64, 20.0)
+            views = sorted(layout.second_views.glob("view_*.png"))
+            pixels = np.stack([np.asarray(Image.open(path)) for path in views])
+            return Hi3DResult(layout.root, refined=SimpleNamespace(views=views, video=write_mp4(
+                pixels, layout.second_video)))
         ys, xs = np.mgrid[:64, :64]
         disc = (ys - 32) ** 2 + (xs - 32) ** 2 < 22 ** 2
         pixels = np.where(disc[None, ..., None], 128, 255).astype(np.uint8).repeat(16, 0).repeat(3, -1)
-        folder = layout.first_views if stage == "orbit" else layout.second_views
-        part = SimpleNamespace(views=write_views(pixels, folder), video=write_mp4(pixels, folder.parent / "video.mp4"))
-        if stage == "orbit":
-            return Hi3DResult(layout.root, orbit=part)
-        layout.second_masks.mkdir(parents=True, exist_ok=True)
-        for index in range(16):
-            Image.fromarray(disc.astype(np.uint8) * 255).save(layout.second_masks / f"mask_{index:02d}.png")
-        return Hi3DResult(layout.root, refined=part)
+        part = SimpleNamespace(views=write_views(pixels, layout.first_views),
+                               video=write_mp4(pixels, layout.first_video))
+        return Hi3DResult(layout.root, orbit=part)
 
 
 @pytest.fixture(scope="module")
@@ -260,16 +262,17 @@ def test_a_3d_step_that_succeeds_shows_the_model_and_its_named_download(syntheti
     page.click("#run_refine")
     wait_for_status(page, "Press 3. Make 3D model next", 60)
     page.click("#run_mesh")
-    wait_for_status(page, "3D model of object_a_elev10.png done", 60)
+    wait_for_status(page, "3D model of object_a_elev10.png done", MESH_S)
     page.wait_for_selector("#model3d canvas", timeout=30_000)
     name = page.locator("#glb_file td.filename")
     assert name.get_attribute("aria-label") == "mesh.glb"
     # the whole name is on screen: Gradio shrinks the name (stem, then extension) when its column is narrow
     clipped = name.evaluate("cell => [...cell.querySelectorAll('.stem, .ext')].some(s => s.scrollWidth > s.clientWidth)")
     assert not clipped and "".join(name.inner_text().split()) == "mesh.glb"
-    if os.environ.get("HI3D_SCREENSHOT_DIR"):
-        page.wait_for_timeout(2000)  # let the thumbnails and the 3D view paint
+    if os.environ.get("HI3D_SCREENSHOT_DIR"):  # docs/mesh_glb.png is the viewer's part of this one
+        page.wait_for_timeout(3000)  # let the thumbnails and the 3D view paint
         page.screenshot(path=str(Path(os.environ["HI3D_SCREENSHOT_DIR"]) / "app_3d_synthetic.png"), full_page=True)
+        page.locator("#model3d").screenshot(path=str(Path(os.environ["HI3D_SCREENSHOT_DIR"]) / "mesh_glb.png"))
 
 
 def test_a_non_image_upload_shows_an_error_and_the_app_stays_up(page, tmp_path):

@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT
+from conftest import ROOT, write_synthetic_stage2
 from sgm.checkpoint import CheckpointError
 from sgm.cli import add_sampling_args
+from sgm.pipelines.background import load_rembg, remove_background
 from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.images import InputImageError, read_image, remove_background, resize_and_center_crop
+from sgm.pipelines.images import InputImageError, read_image, resize_and_center_crop
 from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_compile, resolve_device
 from sgm.pipelines.outputs import OutputExistsError
 from sgm.pipelines.video_io import read_mp4, write_mp4
@@ -144,6 +145,7 @@ def test_bad_images_are_refused(pipe, tmp_path):
 def test_rgb_input_without_rembg_is_used_as_is_with_a_warning(tmp_path, caplog):
     path = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 64), (10, 200, 30)).save(path)
+    load_rembg.cache_clear()  # the warning is given once per process
     with caplog.at_level(logging.WARNING):
         rgba = remove_background(read_image(path), use_rembg=True)
     assert rgba.mode == "RGBA" and np.all(np.asarray(rgba)[..., 3] == 255)
@@ -259,25 +261,17 @@ def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
 
 def test_mesh_stage_writes_glb_and_obj_from_refined_views(tmp_path):
     """The API's 3D stage on a synthetic orbit laid out as stage 2 writes it (views + masks)."""
-    from sgm.data.synthetic_orbits import random_object, render_views
-    from sgm.recon.cameras import orbit_cameras
     from sgm.recon.fit import FitConfig
     from sgm.recon.reconstruct import ReconstructConfig
 
-    out = tmp_path / "object"
-    views, masks = out / "second_step_video" / "views", out / "second_step_video" / "masks"
-    views.mkdir(parents=True)
-    masks.mkdir(parents=True)
-    for index, rgba in enumerate(render_views(random_object(3), orbit_cameras(20.0, width=48, height=48))):
-        rgba = rgba.permute(1, 2, 0).numpy()
-        rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
-        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(views / f"view_{index:02d}.png")
-        Image.fromarray(((rgba[..., 3] > 0.5) * 255).astype(np.uint8)).save(masks / f"mask_{index:02d}.png")
+    out = write_synthetic_stage2(tmp_path / "object", 48, 20.0)
     pipe = Hi3DPipeline(None, None, device="cpu")
     config = ReconstructConfig(fit=FitConfig(iterations=40, num_init=2000), resolution=48, num_novel_views=2,
-                               mesh_resolution=32)
+                               mesh_resolution=32, texture_size=64)
     result = pipe.run_mesh(out, elevation_deg=20.0, config=config)
     assert result.mesh_glb == out / "3d" / "mesh.glb" and result.mesh_glb.stat().st_size > 0
     assert result.mesh_obj.read_text().count("\nf ") > 100
+    assert result.scene_ply == out / "3d" / "gaussians.ply" and result.scene_ply.stat().st_size > 1000
+    assert result.textured.texture.shape == (64, 64, 3) and len(result.textured.uv) == len(result.textured.vertices)
     with pytest.raises(OutputExistsError):
         pipe.run_mesh(out, elevation_deg=20.0, config=config)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ray_sphere_views
+
 from sgm.pipelines.video_io import write_mp4
 from sgm.recon.cameras import orbit_cameras
 from sgm.recon.export import Mesh, read_mesh, write_glb, write_obj
 from sgm.recon.fit import FitConfig, _optimizer, densify_and_prune, fit_gaussians
 from sgm.recon.gaussians import GaussianScene, hull_surface, init_from_views, visual_hull
+from sgm.recon.isosurface import marching_tetrahedra
 from sgm.recon.mesh import (
     component_labels,
     fuse_depths,
-    marching_tetrahedra,
     mesh_from_sdf,
     reject_depth_outliers,
     remove_small_components,
@@ -282,18 +282,7 @@ def test_small_fragments_are_removed():
 
 def test_fusing_exact_sphere_depths_recovers_the_sphere():
     cameras = orbit_cameras(20.0, 16, width=48, height=48)
-    rows, cols = np.mgrid[:48, :48] + 0.5
-    depths, hits = [], []
-    for k in range(16):  # ray-sphere intersection per pixel
-        rotation, t = cameras.world_to_camera[k, :3, :3], cameras.world_to_camera[k, :3, 3]
-        focal = cameras.K[k, 0, 0]
-        direction = np.stack([(cols - 24) / focal, (rows - 24) / focal, np.ones_like(cols)], -1)
-        d_world, origin = direction @ rotation, -rotation.T @ t
-        a, b, c = (d_world ** 2).sum(-1), 2 * d_world @ origin, origin @ origin - 0.3 ** 2
-        disc = b * b - 4 * a * c
-        depths.append((-b - np.sqrt(np.maximum(disc, 0))) / (2 * a))
-        hits.append(disc > 0)
-    depths, hits = np.stack(depths), np.stack(hits)
+    depths, hits, _ = ray_sphere_views(cameras, 0.3)
     depths[0, 20, 20] = 2.5  # a pinhole seeing far behind: rejected, no tunnel
     depths = reject_depth_outliers(np.where(hits, depths, np.nan), tolerance=0.07)
     assert np.isnan(depths[0, 20, 20])
@@ -307,17 +296,18 @@ def test_fusing_exact_sphere_depths_recovers_the_sphere():
 
 
 def test_obj_and_glb_round_trip_with_colours(tmp_path):
+    import trimesh
+
     mesh = mesh_from_sdf(_sphere_sdf(0.3, (0.1, 0.0, 0.2)), 24)
     mesh = Mesh(mesh.vertices, mesh.faces, np.random.default_rng(0).random((len(mesh.vertices), 3)))
-    for path in (write_obj(mesh, tmp_path / "m.obj"), write_glb(mesh, tmp_path / "m.glb")):
+    for path, step in ((write_obj(mesh, tmp_path / "m.obj"), 1e-4), (write_glb(mesh, tmp_path / "m.glb"), 0.5 / 255)):
         back = read_mesh(path)
         assert np.allclose(back.vertices, mesh.vertices, atol=1e-5) and np.array_equal(back.faces, mesh.faces)
-        assert np.allclose(back.colors, mesh.colors, atol=1e-4)
-    data = (tmp_path / "m.glb").read_bytes()
-    magic, version, length = struct.unpack_from("<III", data)
-    assert (magic, version, length) == (0x46546C67, 2, len(data)) and length % 4 == 0
-    document = json.loads(data[20:20 + struct.unpack_from("<I", data, 12)[0]])
-    assert document["accessors"][0]["max"][1] == pytest.approx(0.5, abs=0.01)  # world z (up) is file Y
+        assert np.allclose(back.colors, mesh.colors, atol=step + 1e-9)  # the GLB stores 8-bit colours
+    # trimesh (as viewers) reads the GLB's colours, and world z (up) is the file's Y
+    shape = trimesh.load(tmp_path / "m.glb", force="mesh", process=False)
+    np.testing.assert_array_equal(shape.visual.vertex_colors[:, :3], np.round(mesh.colors * 255).astype(np.uint8))
+    assert shape.bounds[1][1] == pytest.approx(0.5, abs=0.01)
 
 
 def test_image_metrics():
@@ -347,18 +337,32 @@ def test_mesh_metrics_after_normalisation():
 def test_reconstruct_reports_every_step_in_order_up_to_the_total(tmp_path):
     views = load_views(_write_views(tmp_path / "views", _disc_views()), 0.0)
     config = ReconstructConfig(fit=FitConfig(iterations=5, num_init=200, init_resolution=24, backend="torch"),
-                               resolution=None, num_novel_views=3, mesh_resolution=24)
+                               resolution=None, num_novel_views=3, mesh_resolution=24, texture_size=64)
     calls = []
     result = reconstruct(views, 0.0, tmp_path / "3d", config, device="cpu", progress=False,
                          callback=lambda step, total: calls.append((step, total, result_files(tmp_path / "3d"))))
     total = reconstruct_steps(config, 16)
-    assert total == 5 + 3 + (16 + 2 * 19 + 1) + 1  # fit steps, novel views, meshing, writing
+    # fit steps, novel views, meshing (depths, fusion, surface, colours; UV atlas, texture), writing
+    assert total == 5 + 3 + (16 + 2 * 19 + 1 + 1 + 19) + 1
     assert [step for step, _, _ in calls] == list(range(total)) and {t for _, t, _ in calls} == {total}
     # the phases in order: fit and novel views, then (views written) the meshing, then the files at the last step
     files = [names for _, _, names in calls]
     assert files[5 + 3 - 1] == set() and files[5 + 3] == files[-2] == {"views", "masks"}
-    assert {"mesh.glb", "mesh.obj", "gaussians.pt", "report.json"} <= files[-1]
+    assert {"mesh.glb", "mesh.obj", "gaussians.pt", "gaussians.ply", "report.json"} <= files[-1]
     assert result.mesh_glb.is_file() and len(result.mesh.faces) > 0
+
+
+def test_reconstruct_without_an_output_dir_writes_nothing(tmp_path, monkeypatch):
+    views = load_views(_write_views(tmp_path / "views", _disc_views()), 0.0)
+    monkeypatch.chdir(tmp_path / "views")
+    before = sorted(p.name for p in (tmp_path / "views").iterdir())
+    config = ReconstructConfig(fit=FitConfig(iterations=3, num_init=200, init_resolution=24, backend="torch"),
+                               resolution=None, num_novel_views=0, mesh_resolution=24, texture_size=32)
+    result = reconstruct(views, 0.0, None, config, device="cpu", progress=False)
+    assert sorted(p.name for p in (tmp_path / "views").iterdir()) == before and sorted(tmp_path.iterdir()) == [
+        tmp_path / "views"]
+    assert result.mesh_glb is None and result.scene_ply is None and len(result.fit.scene) > 0
+    assert result.textured.texture.shape == (32, 32, 3) and len(result.mesh.faces) > 0
 
 
 def result_files(folder: Path) -> set[str]:

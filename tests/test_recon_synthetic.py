@@ -44,7 +44,7 @@ MIN_PSNR, MAX_CHAMFER, MIN_IOU = 23.0, 0.03, 0.8
 CONFIG = ReconstructConfig(
     fit=FitConfig(iterations=300, num_init=3000, max_gaussians=5000, init_resolution=64, densify_from=50,
                   densify_every=75, densify_until_fraction=0.75, seed=0, backend="torch"),
-    resolution=None, num_novel_views=8, mesh_resolution=64)
+    resolution=None, num_novel_views=8, mesh_resolution=64, texture_size=256)
 
 
 def _script(name: str):

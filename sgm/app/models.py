@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from ..hub import is_hub_reference
 from ..pipelines.hi3d import CONFIG_DIR, PRETRAINED, Hi3DPipeline
 from ..recon.fit import FitConfig
 from ..recon.reconstruct import ReconstructConfig
@@ -38,9 +39,11 @@ def choose_models(ckpt_dir: str | Path = "ckpts", demo: bool = False, stage1_con
     """Pick the models: explicit configs if given; else the released checkpoints when ``ckpt_dir``
     holds any of them (or was named explicitly); else the demo configs.
 
+    ``ckpt_dir`` may be a hub repository (``hf://OWNER/NAME``), downloaded by the first job.
     The pipeline is not built here: a missing checkpoint is reported to the first job, in the page.
     """
-    ckpt_dir = Path(ckpt_dir)
+    on_hub = is_hub_reference(str(ckpt_dir))
+    ckpt_dir = str(ckpt_dir) if on_hub else Path(ckpt_dir)
     if stage1_config is not None or stage2_config is not None:
         stage1 = Path(stage1_config) if stage1_config is not None else PRETRAINED["orbit"][1]
         stage2 = Path(stage2_config) if stage2_config is not None else PRETRAINED["refine"][1]
@@ -49,7 +52,7 @@ def choose_models(ckpt_dir: str | Path = "ckpts", demo: bool = False, stage1_con
         if _untrained(factory):
             notice = DEMO_NOTICE.format(ckpt_dir=ckpt_dir)
         return ModelChoice("configs", factory, notice)
-    present = [name for name, _ in PRETRAINED.values() if (ckpt_dir / name).is_file()]
+    present = on_hub or any((ckpt_dir / name).is_file() for name, _ in PRETRAINED.values())
     if not demo and (present or ckpt_dir_given):
         return ModelChoice("pretrained", partial(Hi3DPipeline.from_pretrained, ckpt_dir, **pipeline_kwargs),
                            PRETRAINED_NOTICE.format(ckpt_dir=ckpt_dir))
@@ -73,6 +76,6 @@ def mesh_settings(on_gpu: bool, iterations: int | None = None, resolution: int |
         base = ReconstructConfig()
     else:
         base = ReconstructConfig(fit=FitConfig(iterations=100, num_init=2000, max_gaussians=20_000), resolution=64,
-                                 num_novel_views=4, mesh_resolution=64)
+                                 num_novel_views=4, mesh_resolution=64, texture_size=512)
     fit = dataclasses.replace(base.fit, iterations=iterations or base.fit.iterations)
     return dataclasses.replace(base, fit=fit, resolution=resolution or base.resolution)

@@ -29,13 +29,13 @@ class RunSettings:
 
     Attributes:
         elevation_deg: camera elevation of the input view, degrees (finite).
-        seed: integer in 0..:data:`SEED_MAX`.
+        seed: integer in 0..:data:`SEED_MAX`; None when the caller passed its own ``torch.Generator``.
         num_steps: sampler steps (>= 1), None for the config's.
         min_cfg, max_cfg: guidance scale of the first / last frame (finite), None for the config's.
     """
 
     elevation_deg: float
-    seed: int
+    seed: int | None
     num_steps: int | None
     min_cfg: float | None
     max_cfg: float | None
@@ -86,6 +86,8 @@ def check_steps(num_steps) -> int | None:
 def check_settings(elevation_deg, seed, num_steps=None, min_cfg=None, max_cfg=None) -> RunSettings:
     """Refuse non-finite, non-integer or out-of-range settings; warn about untrained elevations.
 
+    ``seed`` None: the caller draws from its own generator (recorded as such).
+
     Raises:
         UsageError: naming the setting, its flag and the value expected.
     """
@@ -94,7 +96,8 @@ def check_settings(elevation_deg, seed, num_steps=None, min_cfg=None, max_cfg=No
     if not low <= elevation <= high:
         log.warning("elevation %g degrees is outside the range the models were trained on (%g to %g degrees): "
                     "the views will likely be poor", elevation, low, high)
-    return RunSettings(elevation_deg=elevation, seed=check_seed(seed), num_steps=check_steps(num_steps),
+    return RunSettings(elevation_deg=elevation, seed=None if seed is None else check_seed(seed),
+                       num_steps=check_steps(num_steps),
                        min_cfg=_optional_finite(min_cfg, "min_cfg", "--min_cfg"),
                        max_cfg=_optional_finite(max_cfg, "max_cfg", "--max_cfg"))
 

@@ -4,6 +4,7 @@ Example::
 
     from sgm.pipelines.hi3d import Hi3DPipeline
     pipe = Hi3DPipeline.from_pretrained("ckpts")          # ckpts/first_stage.pt, ckpts/second_stage.pt
+    # or: Hi3DPipeline.from_pretrained("hf://hbyang/Hi3D", stage1_checkpoint="ckpts/first_stage.pt")
     result = pipe("demo/object_a_elev10.png", "outputs/a", elevation_deg=10, seed=0,
                   stages=("orbit", "refine", "mesh"))
     result.orbit.images[0].show(); print(result.videos, result.mesh_path)
@@ -19,12 +20,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..hub import KNOWN_FILES, HubFileError, is_hub_reference, local_path
+from ..hub import join as hub_join
 from ..modules.diffusionmodules.sampling import StepCallback
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
+from ..recon.views import views_from_frames
 from .checks import RunSettings, check_settings, require_finite_frames
 from .errors import MissingCheckpointError, UsageError
 from .images import (
+    OUTPUT_TYPES,
     contact_sheet,
+    frames_as,
     foreground_masks,
     pixels_to_tensor,
     read_image,
@@ -36,6 +42,7 @@ from .inputs import InputImage, load_input, open_input
 from .loading import (
     ExecutionPlan,
     ModelSpec,
+    checkpoint_source,
     load_stage_model,
     resolve_checkpoint,
     resolve_compile,
@@ -46,7 +53,7 @@ from .outputs import OutputLayout
 from .records import check_stage1_outputs, image_sha256, read_stage1_record, write_stage1_record, write_stage2_record
 from .sampling import frame_guider, generate_orbit, refine_orbit, stage2_input_frames
 from .staging import StagedOutput
-from .video_io import read_mp4, write_mp4, write_views
+from .video_io import mp4_round_trip, read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
 STAGES = ("orbit", "refine", "mesh")
@@ -59,12 +66,15 @@ PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
 
 @dataclass
 class StageResult:
-    """What one stage wrote: the video, the per-view PNGs and the views themselves (uint8 (T, H, W, 3))."""
+    """What one stage made: the views themselves (``pixels``, uint8 (T, H, W, 3), exactly the PNGs' values),
+    the same as ``frames`` in the call's ``output_type`` (see :func:`~sgm.pipelines.images.frames_as`),
+    and the files written (video, per-view PNGs, ``extra``; None / empty when nothing was written)."""
 
-    video: Path
+    video: Path | None
     views: list[Path]
     pixels: np.ndarray
     extra: dict[str, Path] = field(default_factory=dict)
+    frames: object = None
 
     @property
     def images(self) -> list[Image.Image]:
@@ -76,16 +86,16 @@ class StageResult:
 class Hi3DResult:
     """What :meth:`Hi3DPipeline.__call__` produced; a stage that did not run is None."""
 
-    output_dir: Path
+    output_dir: Path | None
     orbit: StageResult | None = None
     refined: StageResult | None = None
     mesh: ReconstructResult | None = None
 
     @property
     def videos(self) -> dict[str, Path]:
-        """Video path of each stage that ran ("orbit", "refine")."""
+        """Video path of each stage that ran and wrote one ("orbit", "refine")."""
         return {name: stage.video for name, stage in (("orbit", self.orbit), ("refine", self.refined))
-                if stage is not None}
+                if stage is not None and stage.video is not None}
 
     @property
     def mesh_path(self) -> Path | None:
@@ -138,29 +148,49 @@ class Hi3DPipeline:
         stage2_checkpoint: str | Path | None = None,
         **kwargs,
     ) -> "Hi3DPipeline":
-        """Pipeline from config paths; checkpoints default to each config's ``checkpoint`` entry."""
+        """Pipeline from config paths; checkpoints (local paths or ``hf://`` hub references, see
+        :mod:`sgm.hub`) default to each config's ``checkpoint`` entry."""
         def spec(config, checkpoint):
             if config is None:
                 return None
-            return ModelSpec(Path(config), Path(checkpoint) if checkpoint is not None else None)
+            if checkpoint is not None and not is_hub_reference(str(checkpoint)):
+                checkpoint = Path(checkpoint)
+            return ModelSpec(Path(config), None if checkpoint is None else checkpoint)
         return cls(spec(stage1_config, stage1_checkpoint), spec(stage2_config, stage2_checkpoint), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, ckpt_dir: str | Path = "ckpts", **kwargs) -> "Hi3DPipeline":
-        """Pipeline of the released models: ``ckpt_dir/first_stage.pt`` and ``ckpt_dir/second_stage.pt``
+    def from_pretrained(cls, ckpt_dir: str | Path = "ckpts", stage1_checkpoint: str | Path | None = None,
+                        stage2_checkpoint: str | Path | None = None, **kwargs) -> "Hi3DPipeline":
+        """Pipeline of the released models: ``first_stage.pt`` and ``second_stage.pt`` of ``ckpt_dir``
         with the architectures of ``configs/inference-v01.yaml`` / ``inference-v02.yaml``.
 
+        ``ckpt_dir`` is a local folder or a hub repository (``"hf://hbyang/Hi3D"``, see :mod:`sgm.hub`):
+        hub files are downloaded into the hub cache now (``HF_HUB_OFFLINE=1``: the cache only).
+        ``stage1_checkpoint`` / ``stage2_checkpoint`` (a path or an ``hf://`` file) replace that
+        stage's file of ``ckpt_dir``; the stage-1 checkpoint is not on the hub, so
+        ``from_pretrained("hf://hbyang/Hi3D", stage1_checkpoint="ckpts/first_stage.pt")``.
+
         Raises:
-            MissingCheckpointError: a file is absent (the message names every missing file).
+            MissingCheckpointError: a file is absent or cannot be downloaded (the message names every
+                such file, where to get it and where to put it).
         """
-        ckpt_dir = Path(ckpt_dir)
-        missing = [str(ckpt_dir / name) for name, _ in PRETRAINED.values() if not (ckpt_dir / name).is_file()]
-        if missing:
+        chosen = {"orbit": stage1_checkpoint, "refine": stage2_checkpoint}
+        files, problems = {}, []
+        for stage, (name, _) in PRETRAINED.items():
+            source = chosen[stage] if chosen[stage] is not None else hub_join(ckpt_dir, name)
+            try:
+                files[stage] = local_path(source)
+            except HubFileError as err:
+                problems.append(str(err))
+                continue
+            if not files[stage].is_file():
+                problems.append(f"{files[stage]} not found: {KNOWN_FILES[name].advice(files[stage])}")
+        if problems:
             raise MissingCheckpointError(
-                f"checkpoints not found: {', '.join(missing)}. Download the released Hi3D checkpoints and place "
-                "them there as listed in ckpts/README.md")
-        (name1, config1), (name2, config2) = PRETRAINED["orbit"], PRETRAINED["refine"]
-        return cls.from_configs(config1, config2, ckpt_dir / name1, ckpt_dir / name2, **kwargs)
+                f"checkpoints missing: {' | '.join(problems)}. The released Hi3D checkpoints are listed in "
+                "ckpts/README.md")
+        (_, config1), (_, config2) = PRETRAINED["orbit"], PRETRAINED["refine"]
+        return cls.from_configs(config1, config2, files["orbit"], files["refine"], **kwargs)
 
     def model(self, stage: str) -> torch.nn.Module:
         """The model of ``stage`` ("orbit" or "refine"), built once."""
@@ -170,8 +200,9 @@ class Hi3DPipeline:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, checkpoint = load_stage_model(spec, home, self.dtype)
-            self._weights[stage] = {"config": str(spec.config),
-                                    "checkpoint": None if checkpoint is None else str(checkpoint)}
+            source = checkpoint_source(spec)
+            named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
+            self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
             if self.compile:
                 model.model.diffusion_model.compile()  # torch.compile in place; state-dict keys unchanged
             self._models[stage] = model
@@ -182,7 +213,10 @@ class Hi3DPipeline:
         spec = self.specs.get(stage)
         if spec is None:
             raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
-        return resolve_checkpoint(spec) is None
+        source = checkpoint_source(spec)
+        if source is not None and not is_hub_reference(str(source)):
+            resolve_checkpoint(spec)  # a missing local file is named now; a hub file is fetched when the model is built
+        return source is None
 
     def release_memory(self) -> None:
         """Return cached accelerator memory to the driver (the models stay where they live)."""
@@ -190,7 +224,15 @@ class Hi3DPipeline:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _generator(self, seed: int) -> torch.Generator:
+    def _generator(self, seed: int | None, generator: torch.Generator | None = None) -> torch.Generator:
+        """The caller's ``generator`` (checked to be on the sampling device), else one seeded with ``seed``."""
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise UsageError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            if generator.device.type != self.device.type:
+                raise UsageError(f"generator is on {generator.device} but this pipeline samples on {self.device}: "
+                                 f"make it with torch.Generator(device={str(self.device)!r})")
+            return generator
         torch.manual_seed(seed)  # anything outside our explicit generator is seeded too
         return torch.Generator(device=self.device).manual_seed(seed)
 
@@ -229,15 +271,19 @@ class Hi3DPipeline:
         picture, _, name = open_input(image)
         return check_stage1_outputs(layout, image_sha256(picture), name)
 
-    def _orbit(self, source: InputImage, target: OutputLayout, settings: RunSettings,
-               callback: StepCallback | None) -> np.ndarray:
-        """Sample the orbit of ``source`` and write stage 1's files into ``target``; returns uint8 (T, H, W, 3)."""
+    def _sample_orbit(self, source: InputImage, settings: RunSettings, generator: torch.Generator,
+                      callback: StepCallback | None) -> np.ndarray:
+        """The orbit of ``source``, uint8 (T, H, W, 3)."""
         model = self.model("orbit")
         frame = pixels_to_tensor(resize_and_center_crop(np.asarray(source.white), model_resolution(model)))
-        frames = generate_orbit(model, frame, settings.elevation_deg, self._generator(settings.seed),
-                                settings.num_steps, callback, self.plan,
-                                guider=frame_guider(model, settings.min_cfg, settings.max_cfg))
+        frames = generate_orbit(model, frame, settings.elevation_deg, generator, settings.num_steps, callback,
+                                self.plan, guider=frame_guider(model, settings.min_cfg, settings.max_cfg))
         pixels = tensor_to_pixels(require_finite_frames(frames, "stage 1 (orbit)", self.dtype))
+        self._after_stage()
+        return pixels
+
+    def _write_orbit(self, source: InputImage, target: OutputLayout, pixels: np.ndarray, settings: RunSettings) -> None:
+        """Write stage 1's files into ``target``."""
         target.rgba.parent.mkdir(parents=True, exist_ok=True)
         source.rgba.save(target.rgba)
         source.white.save(target.white)
@@ -245,21 +291,25 @@ class Hi3DPipeline:
         write_views(pixels, target.first_views)
         Image.fromarray(contact_sheet(pixels)).save(target.first_sheet)
         write_stage1_record(target, source.path, source.sha256, settings, self._weights["orbit"])
-        return pixels
 
-    def _refine(self, source: OutputLayout, target: OutputLayout, settings: RunSettings, stage1: dict | None,
-                callback: StepCallback | None) -> np.ndarray:
-        """Refine the stage-1 orbit in ``source``, write stage 2's files into ``target``; returns uint8 (T, H, W, 3)."""
+    def _sample_refine(self, video: np.ndarray, white: np.ndarray, settings: RunSettings, generator: torch.Generator,
+                       callback: StepCallback | None) -> np.ndarray:
+        """Refine a stage-1 orbit as stage 2 reads it (``video`` uint8 (T, h, w, 3) decoded from the mp4,
+        ``white`` the input on white, uint8 (H, W, 3)); returns uint8 (T, S, S, 3)."""
         model = self.model("refine")
         size = model_resolution(model)
-        video = read_mp4(source.first_video)
-        white = np.asarray(read_image(source.white).convert("RGB"))
         views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
         frames = pixels_to_tensor(resize_bilinear(views, size, size))
-        refined = refine_orbit(model, frames, settings.elevation_deg, self._generator(settings.seed),
-                               settings.num_steps, callback=callback, plan=self.plan,
+        refined = refine_orbit(model, frames, settings.elevation_deg, generator, settings.num_steps,
+                               callback=callback, plan=self.plan,
                                guider=frame_guider(model, settings.min_cfg, settings.max_cfg))
         pixels = tensor_to_pixels(require_finite_frames(refined, "stage 2 (refine)", self.dtype))
+        self._after_stage()
+        return pixels
+
+    def _write_refine(self, target: OutputLayout, pixels: np.ndarray, settings: RunSettings,
+                      stage1: dict | None) -> None:
+        """Write stage 2's files into ``target``."""
         write_mp4(pixels, target.second_video)
         write_views(pixels, target.second_views)
         masks = foreground_masks(pixels).astype(np.uint8) * 255
@@ -268,7 +318,6 @@ class Hi3DPipeline:
             Image.fromarray(mask).save(target.second_masks / f"mask_{index:02d}.png")
         Image.fromarray(contact_sheet(pixels)).save(target.second_sheet)
         write_stage2_record(target, settings, self._weights["refine"], stage1)
-        return pixels
 
     def run_mesh(
         self, output_dir: str | Path, elevation_deg: float = 0.0, overwrite: bool = False,
@@ -285,18 +334,26 @@ class Hi3DPipeline:
                            device=self.device, overwrite=overwrite, callback=callback)
 
     def __call__(
-        self, image, output_dir: str | Path, elevation_deg: float = 0.0, seed: int = 0,
+        self, image, output_dir: str | Path | None = None, elevation_deg: float = 0.0, seed: int | None = 0,
         num_steps: int | None = None, min_cfg: float | None = None, max_cfg: float | None = None,
         stages: tuple[str, ...] = ("orbit", "refine"), overwrite: bool = False,
         callback: StepCallback | None = None, mesh_config: ReconstructConfig | None = None,
+        generator: torch.Generator | None = None, output_type: str = "pil",
     ) -> Hi3DResult:
         """Run the requested stages in order on one image.
 
         ``elevation_deg`` is in degrees (finite; outside the trained -10..40 it runs with a warning),
-        ``seed`` an integer in 0..2^64-1. ``min_cfg`` / ``max_cfg`` (guidance of the first / last
-        frame) apply to both diffusion stages; None keeps each config's values. ``image`` (a path or
-        a PIL image) is the input of "orbit"; with "refine" alone it is optional and, when given,
-        must be the image stage 1 was run on.
+        ``seed`` an integer in 0..2^64-1. ``generator`` (a ``torch.Generator`` on the pipeline's
+        device) replaces ``seed``: the stages draw from it in turn. ``min_cfg`` / ``max_cfg``
+        (guidance of the first / last frame) apply to both diffusion stages; None keeps each config's
+        values. ``image`` (a path or a PIL image) is the input of "orbit"; with "refine" alone it is
+        optional and, when given, must be the image stage 1 was run on. ``output_type`` ("pil",
+        "np" or "pt") is the type of each stage result's ``frames`` (:func:`~sgm.pipelines.images.frames_as`).
+
+        ``output_dir=None`` writes nothing and returns the results (views, and for "mesh" the
+        Gaussians and meshes in ``result.mesh``); the stages must then start at "orbit", and stage 2
+        refines the orbit as it would come back from ``first.mp4`` (its lossy H.264 encoding, through
+        a temporary file), so the results equal those of a run that writes.
 
         Everything is checked before any model is built and anything is written: the settings, the
         image, the output folder (and, for "refine" alone, the stage-1 outputs against their record).
@@ -312,9 +369,55 @@ class Hi3DPipeline:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise UsageError(f"unknown stages {sorted(unknown)}: choose from {STAGES}")
-        layout = OutputLayout(Path(output_dir))
+        if output_type not in OUTPUT_TYPES:
+            raise UsageError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         diffusion = [stage for stage in ("orbit", "refine") if stage in stages]
-        settings = check_settings(elevation_deg, seed, num_steps, min_cfg, max_cfg) if diffusion else None
+        settings = (check_settings(elevation_deg, None if generator is not None else seed, num_steps, min_cfg, max_cfg)
+                    if diffusion else None)
+        if generator is not None:
+            self._generator(None, generator)  # checked before any work
+        if output_dir is None:
+            result = self._run_in_memory(image, elevation_deg, settings, stages, generator, callback, mesh_config)
+        else:
+            result = self._run_on_disk(image, Path(output_dir), elevation_deg, settings, stages, overwrite, generator,
+                                       callback, mesh_config)
+        for stage in (result.orbit, result.refined):
+            if stage is not None:
+                stage.frames = frames_as(stage.pixels, output_type)
+        return result
+
+    def _run_in_memory(self, image, elevation_deg: float, settings: RunSettings | None, stages: tuple[str, ...],
+                       generator: torch.Generator | None, callback: StepCallback | None,
+                       mesh_config: ReconstructConfig | None) -> Hi3DResult:
+        """The stages of :meth:`__call__` with ``output_dir=None``: nothing is written."""
+        ordered = [stage for stage in STAGES if stage in stages]
+        if ordered != list(STAGES[:len(ordered)]):
+            raise UsageError(f"without an output_dir the stages must start at 'orbit' and follow in order "
+                             f"{STAGES} (got {tuple(stages)}): a later stage reads the one before from output_dir")
+        source = self.load_input(image)
+        for stage in ordered[:2]:
+            self.model(stage)  # a bad checkpoint stops the run before any sampling
+        result = Hi3DResult(None)
+        orbit = self._sample_orbit(source, settings, self._generator(settings.seed, generator), callback)
+        result.orbit = StageResult(None, [], orbit)
+        if "refine" in stages:
+            white = np.asarray(source.white.convert("RGB"))
+            refined = self._sample_refine(mp4_round_trip(orbit), white, settings,
+                                          self._generator(settings.seed, generator), callback)
+            result.refined = StageResult(None, [], refined)
+        if "mesh" in stages:
+            views = views_from_frames(result.refined.pixels, elevation_deg)
+            result.mesh = reconstruct(views, elevation_deg, None, config=mesh_config or ReconstructConfig(),
+                                      device=self.device, callback=callback)
+            self._after_stage()
+        return result
+
+    def _run_on_disk(self, image, output_dir: Path, elevation_deg: float, settings: RunSettings | None,
+                     stages: tuple[str, ...], overwrite: bool, generator: torch.Generator | None,
+                     callback: StepCallback | None, mesh_config: ReconstructConfig | None) -> Hi3DResult:
+        """The stages of :meth:`__call__`, writing into ``output_dir`` (see there)."""
+        layout = OutputLayout(output_dir)
+        diffusion = [stage for stage in ("orbit", "refine") if stage in stages]
         for stage in diffusion:
             layout.ensure_writable(STAGE_NUMBERS[stage], overwrite)
         if "mesh" in stages:
@@ -328,12 +431,15 @@ class Hi3DPipeline:
             with StagedOutput(layout.root, overwrite) as folder:
                 staged = OutputLayout(folder)
                 if source is not None:
-                    orbit = self._orbit(source, staged, settings, callback)
+                    orbit = self._sample_orbit(source, settings, self._generator(settings.seed, generator), callback)
+                    self._write_orbit(source, staged, orbit, settings)
                     stage1 = read_stage1_record(staged)
-                    self._after_stage()
                 if "refine" in stages:
-                    refined = self._refine(staged if source is not None else layout, staged, settings, stage1, callback)
-                    self._after_stage()
+                    read_from = staged if source is not None else layout
+                    white = np.asarray(read_image(read_from.white).convert("RGB"))
+                    refined = self._sample_refine(read_mp4(read_from.first_video), white, settings,
+                                                  self._generator(settings.seed, generator), callback)
+                    self._write_refine(staged, refined, settings, stage1)
             if source is not None:
                 result.orbit = StageResult(layout.first_video, _views(layout.first_views, orbit), orbit,
                                            {"contact_sheet": layout.first_sheet, "white": layout.white,

@@ -1,4 +1,5 @@
-"""Image handling of the inference pipelines: reading, background, resizing, conversions.
+"""Image handling of the inference pipelines: reading, resizing, conversions (background removal:
+:mod:`sgm.pipelines.background`).
 
 Conventions: images on disk are 8-bit (16-bit inputs are scaled to 8 bits on reading); model
 frames are float tensors in [-1, 1] laid out (3, H, W) or (T, 3, H, W); pixel arrays are uint8
@@ -6,8 +7,6 @@ numpy (H, W, 3) or (T, H, W, 3).
 """
 from __future__ import annotations
 
-import importlib.util
-import logging
 import math
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UsageError
 
-log = logging.getLogger(__name__)
 
 # A pixel whose R, G and B all exceed this is background (white) in the stage-2 masks.
 WHITE_THRESHOLD = 220
@@ -107,33 +105,6 @@ def check_not_transparent(rgba: Image.Image, name: str, removed_background: bool
     raise InputImageError(f"{name} is fully transparent (alpha 0 everywhere): there is no object to generate from")
 
 
-def rembg_available() -> bool:
-    """Whether the optional ``rembg`` package can be imported."""
-    return importlib.util.find_spec("rembg") is not None
-
-
-def remove_background(image: Image.Image, use_rembg: bool = True) -> Image.Image:
-    """RGBA version of ``image``.
-
-    RGBA input is returned as is. RGB input goes through rembg when it is installed and
-    ``use_rembg`` is true; otherwise (or if rembg fails, e.g. its model file is not present
-    locally and cannot be downloaded) it is used as is, fully opaque, with a warning.
-    """
-    if image.mode == "RGBA":
-        return image
-    if use_rembg and rembg_available():
-        try:
-            import rembg
-
-            return rembg.remove(image).convert("RGBA")
-        except Exception as err:  # rembg downloads its model on first use; offline that fails
-            log.warning("rembg could not remove the background (%s); using the image as is", err)
-    elif use_rembg:
-        log.warning("RGB input and rembg is not installed: using the image as is (pip install rembg, "
-                    "or pass an RGBA image with the object cut out)")
-    return image.convert("RGBA")
-
-
 def composite_on_white(rgba: Image.Image) -> Image.Image:
     """RGB image of ``rgba`` alpha-composited over a white background."""
     white = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -194,3 +165,22 @@ def contact_sheet(pixels: np.ndarray, columns: int = 8) -> np.ndarray:
         r, c = divmod(index, columns)
         sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = view
     return sheet
+
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def frames_as(pixels: np.ndarray, output_type: str = "pil"):
+    """uint8 frames (T, H, W, 3) as ``output_type``: "pil", a list of RGB PIL images; "np", float32
+    (T, H, W, 3) in [0, 1]; "pt", a float32 torch tensor (T, 3, H, W) in [0, 1] (values = pixels / 255).
+
+    Raises:
+        UsageError: an unknown ``output_type``.
+    """
+    if output_type == "pil":
+        return [Image.fromarray(frame) for frame in pixels]
+    if output_type == "np":
+        return pixels.astype(np.float32) / 255.0
+    if output_type == "pt":
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    raise UsageError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

@@ -15,9 +15,9 @@ from .images import (
     check_not_transparent,
     composite_on_white,
     read_image,
-    remove_background,
     standard_mode,
 )
+from .background import remove_background
 from .records import image_sha256
 
 
@@ -53,7 +53,7 @@ def open_input(image: str | Path | Image.Image | None) -> tuple[Image.Image, str
 
 
 def load_input(image: str | Path | Image.Image | None, use_rembg: bool) -> InputImage:
-    """Read and check the stage-1 input and remove its background (:func:`~sgm.pipelines.images.remove_background`).
+    """Read and check the stage-1 input and remove its background (:func:`~sgm.pipelines.background.remove_background`).
 
     Raises:
         InputImageError: as :func:`open_input`, or the image (or what rembg left of it) is fully transparent.

@@ -14,6 +14,7 @@ import torch
 
 from ..checkpoint import CheckpointError, load_into, read_state_dict
 from ..config import build_model, load_config
+from ..hub import KNOWN_FILES, is_hub_reference, local_path
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -74,26 +75,40 @@ class ModelSpec:
 
     Attributes:
         config: YAML path.
-        checkpoint: weights file; None uses the config's ``checkpoint`` entry, and a config
-            whose ``checkpoint`` is null builds untrained random weights (demo configs).
+        checkpoint: weights file, or an ``hf://`` hub reference (:mod:`sgm.hub`); None uses the
+            config's ``checkpoint`` entry, and a config whose ``checkpoint`` is null builds
+            untrained random weights (demo configs).
     """
 
     config: Path
-    checkpoint: Path | None = None
+    checkpoint: str | Path | None = None
 
 
-def resolve_checkpoint(spec: ModelSpec) -> Path | None:
-    """The weights file of ``spec``: its own, else its config's ``checkpoint`` entry (None: random weights).
-
-    Raises:
-        FileNotFoundError: the named checkpoint does not exist (with the README section to read).
-    """
+def checkpoint_source(spec: ModelSpec) -> str | Path | None:
+    """Where the weights of ``spec`` come from, as named (a path, or an ``hf://`` string), without
+    reading or downloading anything: its own checkpoint, else its config's (None: random weights)."""
     checkpoint = spec.checkpoint if spec.checkpoint is not None else load_config(spec.config).get("checkpoint")
     if checkpoint is None:
         return None
-    checkpoint = Path(checkpoint)
+    return str(checkpoint) if is_hub_reference(str(checkpoint)) else Path(checkpoint)
+
+
+def resolve_checkpoint(spec: ModelSpec) -> Path | None:
+    """The local weights file of ``spec`` (:func:`checkpoint_source`; a hub file is downloaded into
+    the hub cache first). None: random weights.
+
+    Raises:
+        FileNotFoundError: the named checkpoint does not exist (with the README section to read, and
+            where to get a released file); :class:`sgm.hub.HubFileError` for a hub file that cannot be had.
+    """
+    source = checkpoint_source(spec)
+    if source is None:
+        return None
+    checkpoint = local_path(source)
     if not checkpoint.exists():  # a file, or a DeepSpeed checkpoint folder
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS})")
+        known = KNOWN_FILES.get(checkpoint.name)
+        hint = f"; {known.advice(checkpoint)}" if known is not None else ""
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (see {README_CHECKPOINTS}){hint}")
     return checkpoint
 
 

@@ -1,6 +1,7 @@
 """Reading and writing orbit videos (mp4, H.264) and per-view PNGs."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -56,3 +57,10 @@ def write_views(pixels: np.ndarray, folder: str | Path, prefix: str = "view") ->
         Image.fromarray(view).save(path)
         paths.append(path)
     return paths
+
+
+def mp4_round_trip(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames as they come back from :func:`write_mp4` then :func:`read_mp4` (the lossy
+    H.264 encoding that stage 2 reads from disk), through a temporary file that is removed."""
+    with tempfile.TemporaryDirectory(prefix="hi3d-mp4-") as folder:
+        return read_mp4(write_mp4(pixels, Path(folder) / "orbit.mp4"))

@@ -1,4 +1,4 @@
-"""Triangle meshes with vertex colours: the :class:`Mesh` container and OBJ / GLB files.
+"""Triangle meshes with vertex colours or a texture: the :class:`Mesh` container and OBJ / GLB files.
 
 Files are written Y-up, as glTF requires and most viewers assume for OBJ: a file point
 ``(X, Y, Z)`` is the world point ``(x, y, z)`` of :mod:`sgm.recon.cameras` (Z-up) as
@@ -6,14 +6,13 @@ Files are written Y-up, as glTF requires and most viewers assume for OBJ: a file
 camera (azimuth 0, on world +x) looks from file +Z, where viewers put their default
 camera, with world +y (right in the input view) on file +X. :func:`read_mesh` undoes it.
 
-OBJ carries colours as the common ``v x y z r g b`` extension (floats in [0, 1]); GLB is
-glTF 2.0 binary with ``POSITION``, ``NORMAL``, ``COLOR_0`` and ``uint32`` indices, and an
-unlit material (``KHR_materials_unlit``: the colours already hold the views' shading).
+OBJ carries colours as the common ``v x y z r g b`` extension (floats in [0, 1]). GLB is glTF 2.0
+binary written through ``trimesh``: ``POSITION``, ``NORMAL``, indices, and either ``TEXCOORD_0``
+with the texture as the material's base-colour PNG, or (a mesh without texture) ``COLOR_0`` vertex
+colours; the material is unlit (``KHR_materials_unlit``: the colours already hold the views' shading).
 """
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +20,7 @@ import numpy as np
 
 # Rows map world (x, y, z) to file axes: file = world @ WORLD_TO_FILE.T
 WORLD_TO_FILE = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-GLB_MAGIC, GLB_VERSION = 0x46546C67, 2
-CHUNK_JSON, CHUNK_BIN = 0x4E4F534A, 0x004E4942
-ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
-FLOAT, UNSIGNED_INT = 5126, 5125
+UNLIT = "KHR_materials_unlit"
 
 
 @dataclass(frozen=True)
@@ -35,11 +31,15 @@ class Mesh:
         vertices: ``(M, 3)`` float.
         faces: ``(F, 3)`` int64 vertex indices, counter-clockwise seen from outside.
         colors: ``(M, 3)`` float RGB in [0, 1], or None.
+        uv: ``(M, 2)`` texture coordinates in [0, 1] (``v`` up), or None.
+        texture: ``(S, S, 3)`` uint8 RGB image that ``uv`` points into, or None.
     """
 
     vertices: np.ndarray
     faces: np.ndarray
     colors: np.ndarray | None = None
+    uv: np.ndarray | None = None
+    texture: np.ndarray | None = None
 
     def face_normals(self) -> np.ndarray:
         """Unnormalised face normals ``(F, 3)`` (length = twice the triangle area)."""
@@ -104,86 +104,62 @@ def read_obj(path: str | Path) -> Mesh:
                 np.asarray(colors) if has_colors else None)
 
 
-def _pad(data: bytes, fill: bytes) -> bytes:
-    return data + fill * (-len(data) % 4)
+def _unlit(tree: dict) -> None:
+    """trimesh ``tree_postprocessor``: mark every material unlit."""
+    for material in tree.get("materials", []):
+        material.setdefault("extensions", {})[UNLIT] = {}
+    if tree.get("materials"):
+        tree["extensionsUsed"] = sorted(set(tree.get("extensionsUsed", [])) | {UNLIT})
 
 
 def write_glb(mesh: Mesh, path: str | Path) -> Path:
-    """Write ``mesh`` as a binary glTF 2.0 file (Y-up; see the module docstring)."""
+    """Write ``mesh`` as a binary glTF 2.0 file (Y-up; textured when it has ``uv`` and ``texture``,
+    else with vertex colours; see the module docstring)."""
+    import trimesh
+    from PIL import Image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    positions = (mesh.vertices @ WORLD_TO_FILE.T).astype(np.float32)
-    normals = (mesh.vertex_normals() @ WORLD_TO_FILE.T).astype(np.float32)
-    colors = (np.ones_like(positions) if mesh.colors is None else np.clip(mesh.colors, 0, 1)).astype(np.float32)
-    indices = mesh.faces.astype(np.uint32).reshape(-1)
-    blobs = [positions.tobytes(), normals.tobytes(), colors.tobytes(), indices.tobytes()]
-    offsets = np.cumsum([0] + [len(b) for b in blobs[:-1]]).tolist()
-    views = [{"buffer": 0, "byteOffset": o, "byteLength": len(b), "target": t}
-             for o, b, t in zip(offsets, blobs, [ARRAY_BUFFER] * 3 + [ELEMENT_ARRAY_BUFFER])]
-    accessors = [
-        {"bufferView": 0, "componentType": FLOAT, "count": len(positions), "type": "VEC3",
-         "min": positions.min(axis=0).tolist(), "max": positions.max(axis=0).tolist()},
-        {"bufferView": 1, "componentType": FLOAT, "count": len(normals), "type": "VEC3"},
-        {"bufferView": 2, "componentType": FLOAT, "count": len(colors), "type": "VEC3"},
-        {"bufferView": 3, "componentType": UNSIGNED_INT, "count": len(indices), "type": "SCALAR"},
-    ]
-    document = {
-        "asset": {"version": "2.0", "generator": "hi3d sgm.recon.export"},
-        "extensionsUsed": ["KHR_materials_unlit"],
-        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "hi3d"}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "NORMAL": 1, "COLOR_0": 2}, "indices": 3,
-                                    "material": 0, "mode": 4}]}],
-        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 1], "metallicFactor": 0.0,
-                                                "roughnessFactor": 1.0},
-                       "extensions": {"KHR_materials_unlit": {}}}],
-        "buffers": [{"byteLength": sum(len(b) for b in blobs)}],
-        "bufferViews": views, "accessors": accessors,
-    }
-    json_chunk = _pad(json.dumps(document, separators=(",", ":")).encode(), b" ")
-    bin_chunk = _pad(b"".join(blobs), b"\0")
-    total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
-    with path.open("wb") as handle:
-        handle.write(struct.pack("<III", GLB_MAGIC, GLB_VERSION, total))
-        handle.write(struct.pack("<II", len(json_chunk), CHUNK_JSON) + json_chunk)
-        handle.write(struct.pack("<II", len(bin_chunk), CHUNK_BIN) + bin_chunk)
+    points = mesh.vertices @ WORLD_TO_FILE.T
+    if mesh.uv is not None and mesh.texture is not None:
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(mesh.texture, "RGB"),
+                                                       metallicFactor=0.0, roughnessFactor=1.0)
+        visual = trimesh.visual.TextureVisuals(uv=mesh.uv, material=material)
+    else:
+        colors = np.ones_like(points) if mesh.colors is None else np.clip(mesh.colors, 0, 1)
+        visual = trimesh.visual.ColorVisuals(vertex_colors=np.round(colors * 255).astype(np.uint8))
+    shape = trimesh.Trimesh(points, mesh.faces, visual=visual, process=False)
+    path.write_bytes(trimesh.exchange.gltf.export_glb(shape, include_normals=True, tree_postprocessor=_unlit))
     return path
 
 
 def read_glb(path: str | Path) -> Mesh:
-    """Read the first triangle primitive of a GLB file (float positions/colours, uint indices, no sparse data).
+    """Read a GLB file's triangles (all of its meshes, merged) with their colours, UVs and texture.
+
+    Vertex colours come from ``COLOR_0``, or are sampled from the texture at each vertex's UV.
 
     Raises:
-        ValueError: when the file is not GLB 2.0 or lacks what is read.
+        ValueError: when the file is not a glTF binary holding triangles.
     """
-    data = Path(path).read_bytes()
-    magic, version, _ = struct.unpack_from("<III", data, 0)
-    if magic != GLB_MAGIC or version != GLB_VERSION:
-        raise ValueError(f"{path} is not a binary glTF 2.0 file")
-    json_len, _ = struct.unpack_from("<II", data, 12)
-    document = json.loads(data[20:20 + json_len])
-    bin_start = 20 + json_len + 8
-    dtypes = {FLOAT: np.float32, UNSIGNED_INT: np.uint32, 5123: np.uint16, 5121: np.uint8}
-    widths = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
-
-    def accessor(index: int) -> np.ndarray:
-        acc = document["accessors"][index]
-        view = document["bufferViews"][acc["bufferView"]]
-        start = bin_start + view.get("byteOffset", 0) + acc.get("byteOffset", 0)
-        width = widths[acc["type"]]
-        values = np.frombuffer(data, dtypes[acc["componentType"]], acc["count"] * width, start)
-        return values.reshape(acc["count"], width) if width > 1 else values
+    import trimesh
 
     try:
-        primitive = document["meshes"][0]["primitives"][0]
-        vertices = accessor(primitive["attributes"]["POSITION"]).astype(np.float64)
-        faces = accessor(primitive["indices"]).astype(np.int64).reshape(-1, 3)
-    except (KeyError, IndexError) as err:
-        raise ValueError(f"{path} has no indexed triangle primitive ({err})") from err
+        shape = trimesh.load(Path(path), file_type="glb", force="mesh", process=False)
+    except Exception as err:  # noqa: BLE001 - trimesh raises many types for a damaged file
+        raise ValueError(f"{path} is not a readable binary glTF file ({type(err).__name__}: {err})") from err
+    if not isinstance(shape, trimesh.Trimesh) or len(shape.faces) == 0:
+        raise ValueError(f"{path} holds no triangle mesh")
+    visual, uv, texture = shape.visual, None, None
+    if visual.kind == "texture" and getattr(visual, "uv", None) is not None:
+        uv = np.asarray(visual.uv, dtype=np.float64)
+        image = getattr(visual.material, "baseColorTexture", None)
+        texture = None if image is None else np.asarray(image.convert("RGB"))
+        visual = visual.to_color()
     colors = None
-    if "COLOR_0" in primitive["attributes"]:
-        raw = accessor(primitive["attributes"]["COLOR_0"])[:, :3]
-        colors = raw.astype(np.float64) / (np.iinfo(raw.dtype).max if raw.dtype.kind == "u" else 1.0)
-    return Mesh(vertices @ WORLD_TO_FILE, faces, colors)
+    if visual.kind == "vertex":
+        colors = np.asarray(visual.vertex_colors)[:, :3].astype(np.float64) / 255.0
+    return Mesh(np.asarray(shape.vertices, dtype=np.float64) @ WORLD_TO_FILE, np.asarray(shape.faces, dtype=np.int64),
+                colors, uv, texture)
 
 
 def read_mesh(path: str | Path) -> Mesh:

@@ -1,4 +1,4 @@
-"""Mesh extraction: depth maps fused into a truncated signed distance volume, then marching tetrahedra.
+"""Mesh extraction: depth maps fused into a truncated signed distance volume, then its zero level set.
 
 Why this method: each view's depth map (rendered from the fitted Gaussians, see
 :meth:`sgm.recon.rasterize.Rendered.surface_depth`) and its silhouette say, along every
@@ -23,15 +23,13 @@ Otherwise, including voxels that no view says anything about (hidden everywhere,
 inside), it is set to -1. Callers should also drop depth outliers before fusion
 (:func:`reject_depth_outliers`; :func:`sgm.recon.reconstruct.fuse_mesh` does).
 
-Surface: marching tetrahedra on the voxel grid (each cube cut into the six tetrahedra around
-its main diagonal, the same cut in every cube, so neighbouring cubes share faces and the
-mesh is closed). It needs only a 16-case table, derived below instead of tabulated.
+Surface: marching cubes on the voxel grid (or marching tetrahedra, :mod:`sgm.recon.isosurface`).
 Connected components whose face count is below a fraction of the largest one are removed.
-Vertex colours come from the views that see each vertex (:func:`color_vertices`).
+Colours come from the views that see each point (:func:`view_colors`): per vertex
+(:func:`color_vertices`) and per texel (:mod:`sgm.recon.texture`).
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,95 +41,7 @@ from sgm.modules.diffusionmodules.sampling import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh
 from sgm.recon.gaussians import grid_points, project_view, sample_views
-
-# Cube corners as (dx, dy, dz); the six tetrahedra around the diagonal corner 0 -> corner 7.
-CUBE_CORNERS = np.array([[i, j, k] for k in (0, 1) for j in (0, 1) for i in (0, 1)])
-CUBE_TETRAHEDRA = np.array([
-    [0, 1 << a, (1 << a) | (1 << b), 7] for a, b in itertools.permutations(range(3), 2)
-])
-
-
-def _tetra_cases() -> list[list[tuple[tuple[int, int], ...]]]:
-    """For each of the 16 inside/outside patterns of a tetrahedron's corners, its triangles as edge triples.
-
-    Bit ``i`` of the pattern is set when corner ``i`` is outside (value above the level).
-    An edge is a pair of corner numbers (outside, inside). Orientation is fixed later.
-    """
-    cases = []
-    for pattern in range(16):
-        out = [i for i in range(4) if pattern >> i & 1]
-        ins = [i for i in range(4) if not pattern >> i & 1]
-        if len(out) in (0, 4):
-            cases.append([])
-        elif len(out) == 1 or len(ins) == 1:
-            lone, rest = (out[0], ins) if len(out) == 1 else (ins[0], out)
-            cases.append([tuple((lone, r) if len(out) == 1 else (r, lone) for r in rest)])
-        else:  # two and two: a quadrilateral o0i0, o0i1, o1i1, o1i0 cut in two triangles
-            (o0, o1), (i0, i1) = out, ins
-            cases.append([((o0, i0), (o0, i1), (o1, i1)), ((o0, i0), (o1, i1), (o1, i0))])
-    return cases
-
-
-TETRA_CASES = _tetra_cases()
-
-
-def _grid_coords(flat_ids: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Integer grid coordinates ``(..., 3)`` (as float) of flat sample indices ``(...)``."""
-    return np.stack(np.unravel_index(flat_ids, shape), axis=-1).astype(np.float64)
-
-
-def marching_tetrahedra(values: np.ndarray, origin: np.ndarray, spacing: float, level: float = 0.0) -> Mesh:
-    """Closed triangle mesh of the level set ``values == level`` of a sampled field.
-
-    Args:
-        values: ``(X, Y, Z)`` samples at ``origin + spacing * (i, j, k)`` (world units);
-            values above ``level`` are outside. Samples exactly at the level are nudged
-            outward by 1e-9 so every crossing lies strictly inside an edge.
-        origin: ``(3,)`` position of sample ``(0, 0, 0)``.
-        spacing: distance between samples.
-
-    Returns:
-        A :class:`Mesh` without colours, faces counter-clockwise seen from outside (empty
-        arrays when the field never crosses the level).
-    """
-    v = np.where(values == level, level + 1e-9, values).astype(np.float64)
-    outside = v > level
-    shape = np.array(v.shape)
-    corner_flags = np.stack([outside[dx:shape[0] - 1 + dx, dy:shape[1] - 1 + dy, dz:shape[2] - 1 + dz]
-                             for dx, dy, dz in CUBE_CORNERS], axis=-1)
-    active = np.argwhere(corner_flags.any(axis=-1) & ~corner_flags.all(axis=-1))
-    if len(active) == 0:
-        return Mesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
-    strides = np.array([shape[1] * shape[2], shape[2], 1])
-    corner_ids = (active[:, None, :] + CUBE_CORNERS[None]) @ strides  # (C, 8) flat sample ids
-    tet_ids = corner_ids[:, CUBE_TETRAHEDRA].reshape(-1, 4)  # (T, 4)
-    flat_out, flat_v = outside.reshape(-1), v.reshape(-1)
-    pattern = (flat_out[tet_ids] * (1 << np.arange(4))).sum(axis=1)
-    edges_a, edges_b, tet_of_face = [], [], []
-    for case, triangles in enumerate(TETRA_CASES):
-        tets = np.nonzero(pattern == case)[0]
-        for triangle in triangles:
-            edges_a.append(np.stack([tet_ids[tets, o] for o, _ in triangle], axis=1))
-            edges_b.append(np.stack([tet_ids[tets, i] for _, i in triangle], axis=1))
-            tet_of_face.append(tets)
-    out_ids, in_ids, tet_of_face = np.concatenate(edges_a), np.concatenate(edges_b), np.concatenate(tet_of_face)
-    # One vertex per crossed grid edge, shared by every triangle that uses the edge.
-    keys = out_ids.astype(np.int64) * flat_v.size + in_ids
-    unique_keys, faces = np.unique(keys.reshape(-1), return_inverse=True)
-    faces = faces.reshape(-1, 3)
-    a, b = unique_keys // flat_v.size, unique_keys % flat_v.size
-    t = (level - flat_v[b]) / (flat_v[a] - flat_v[b])
-    coords_a, coords_b = _grid_coords(a, v.shape), _grid_coords(b, v.shape)
-    vertices = origin + spacing * (coords_b + t[:, None] * (coords_a - coords_b))
-    # Orient each triangle so its normal points from the tetrahedron's inside corners to its outside ones.
-    tet_corners = _grid_coords(tet_ids[tet_of_face], v.shape)  # (F, 4, 3)
-    tet_out = flat_out[tet_ids[tet_of_face]][..., None]
-    direction = ((tet_corners * tet_out).sum(1) / tet_out.sum(1) - (tet_corners * ~tet_out).sum(1) / (~tet_out).sum(1))
-    tri = vertices[faces]
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    flip = np.einsum("fi,fi->f", normal, direction) < 0
-    faces[flip] = faces[flip][:, ::-1]
-    return Mesh(vertices, faces.astype(np.int64))
+from sgm.recon.isosurface import EXTRACTORS
 
 
 def component_labels(num_vertices: int, faces: np.ndarray) -> np.ndarray:
@@ -229,28 +139,27 @@ def fuse_depths(depths: np.ndarray, foreground: np.ndarray, cameras: OrbitCamera
     return TSDFVolume(sdf.reshape((resolution,) * 3), bound)
 
 
-def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: OrbitCameras,
-                   tolerance: float, sharpness: float = 4.0, callback: StepCallback | None = None) -> np.ndarray:
-    """Vertex colours ``(M, 3)`` from the views that see each vertex.
+def view_colors(points: np.ndarray, normals: np.ndarray, colors: np.ndarray, depths: np.ndarray,
+                cameras: OrbitCameras, tolerance: float, sharpness: float = 4.0,
+                callback: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Colours of surface points ``(P, 3)`` from the views that see them, and the total weight ``(P,)``.
 
-    A view sees a vertex when the vertex faces it and its camera depth is within ``tolerance``
-    (world units) of the view's depth map at its pixel. The colours of those views are
-    averaged with weights ``cos(angle between normal and view ray) ** sharpness``, so
-    frontal views dominate and grazing ones, which smear texture, count little. Vertices
-    that no view sees take the mean colour of their coloured neighbours, spread over the
-    mesh until all are coloured (mid grey if none is).
+    A view sees a point when the point faces it (unit ``normals`` ``(P, 3)``) and its camera depth
+    is within ``tolerance`` (world units) of the view's depth map at its pixel. The colours of those
+    views are averaged with weights ``cos(angle between normal and view ray) ** sharpness``, so
+    frontal views dominate and grazing ones, which smear texture, count little. A point no view
+    sees gets colour 0 and weight 0.
 
     Args:
         colors: ``(V, H, W, 3)`` RGB in [0, 1]; depths: ``(V, H, W)`` world units (NaN = unknown).
         callback: called as ``callback(view_index, num_views)`` after each view's colours are gathered.
     """
-    normals = mesh.vertex_normals()
-    total, total_weight = np.zeros((len(mesh.vertices), 3)), np.zeros(len(mesh.vertices))
+    total, total_weight = np.zeros((len(points), 3)), np.zeros(len(points))
     for view in range(len(cameras)):
-        uv, z = project_view(cameras, view, mesh.vertices)
+        uv, z = project_view(cameras, view, points)
         depth, inside = sample_views(depths[view:view + 1], uv[None])
         rgb, _ = sample_views(colors[view:view + 1], uv[None])
-        to_camera = cameras.centers[view] - mesh.vertices
+        to_camera = cameras.centers[view] - points
         cosine = np.einsum("mi,mi->m", normals, to_camera) / np.linalg.norm(to_camera, axis=1)
         seen = inside[0] & (np.abs(depth[0] - z) < tolerance) & (cosine > 0)
         w = np.where(seen, np.clip(cosine, 0.0, 1.0) ** sharpness, 0.0)
@@ -259,7 +168,23 @@ def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: 
         if callback is not None:
             callback(view, len(cameras))
     result = np.where(total_weight[:, None] > 0, total / np.maximum(total_weight, 1e-12)[:, None], 0.0)
-    return _spread_colors(mesh.faces, result, total_weight > 0)
+    return result, total_weight
+
+
+def color_vertices(mesh: Mesh, colors: np.ndarray, depths: np.ndarray, cameras: OrbitCameras,
+                   tolerance: float, sharpness: float = 4.0, callback: StepCallback | None = None) -> np.ndarray:
+    """Vertex colours ``(M, 3)`` from the views that see each vertex (:func:`view_colors`).
+
+    Vertices that no view sees take the mean colour of their coloured neighbours, spread over the
+    mesh until all are coloured (mid grey if none is).
+
+    Args:
+        colors: ``(V, H, W, 3)`` RGB in [0, 1]; depths: ``(V, H, W)`` world units (NaN = unknown).
+        callback: called as ``callback(view_index, num_views)`` after each view's colours are gathered.
+    """
+    result, weight = view_colors(mesh.vertices, mesh.vertex_normals(), colors, depths, cameras, tolerance,
+                                 sharpness, callback)
+    return _spread_colors(mesh.faces, result, weight > 0)
 
 
 def _spread_colors(faces: np.ndarray, colors: np.ndarray, known: np.ndarray, max_rounds: int = 100) -> np.ndarray:
@@ -302,26 +227,37 @@ def reject_depth_outliers(depths: np.ndarray, window: int = 9, tolerance: float 
     return np.where(depths > median + tolerance, np.nan, depths).astype(np.float32)
 
 
-def mesh_from_volume(volume: TSDFVolume, min_component_fraction: float = 0.05) -> Mesh:
+def mesh_from_volume(volume: TSDFVolume, min_component_fraction: float = 0.05, method: str = "cubes") -> Mesh:
     """Zero level set of a fused volume (no colours), small fragments removed.
 
+    ``method``: "cubes" or "tetrahedra" (:data:`sgm.recon.isosurface.EXTRACTORS`).
+
     Raises:
-        ValueError: when the volume holds no surface.
+        ValueError: when the volume holds no surface, or for an unknown method.
     """
-    mesh = marching_tetrahedra(volume.sdf, volume.origin, volume.spacing)
+    mesh = _extractor(method)(volume.sdf, volume.origin, volume.spacing)
     if len(mesh.faces) == 0:
         raise ValueError("the fused volume holds no surface: no view saw the object in front of the background")
     return remove_small_components(mesh, min_component_fraction)
 
 
-def mesh_from_sdf(sdf: Callable[[np.ndarray], np.ndarray], resolution: int = 128, bound: float = 0.75) -> Mesh:
+def mesh_from_sdf(sdf: Callable[[np.ndarray], np.ndarray], resolution: int = 128, bound: float = 0.75,
+                  method: str = "tetrahedra") -> Mesh:
     """Mesh of the zero level set of a signed distance function (negative inside) sampled on voxel centres.
 
     Args:
         sdf: maps world points ``(P, 3)`` to distances ``(P,)``.
         resolution: samples per axis over ``[-bound, bound]`` (world units).
+        method: "tetrahedra" or "cubes" (:data:`sgm.recon.isosurface.EXTRACTORS`).
     """
     points = grid_points(resolution, bound)
     values = sdf(points.reshape(-1, 3)).reshape(points.shape[:3])
     spacing = 2.0 * bound / resolution
-    return marching_tetrahedra(values, np.full(3, -bound + 0.5 * spacing), spacing)
+    return _extractor(method)(values, np.full(3, -bound + 0.5 * spacing), spacing)
+
+
+def _extractor(method: str):
+    try:
+        return EXTRACTORS[method]
+    except KeyError:
+        raise ValueError(f"unknown surface extraction {method!r}: choose one of {sorted(EXTRACTORS)}") from None

@@ -205,13 +205,26 @@ def load_views(source: str | Path, elevation_deg: float, min_views: int = MIN_VI
             frames = read_mp4(source)
         except UsageError as err:
             raise ViewError(str(err)) from err
-        images, masks = split_rgba(frames)
         names = tuple(f"{source.name}[frame {k:02d}]" for k in range(len(frames)))
-        cameras = ring_cameras(len(frames), elevation_deg, frames.shape[2], frames.shape[1])
-        return validate_views(images, masks, cameras, names, min_views)
+        return views_from_frames(frames, elevation_deg, names, min_views)
     if source.exists():
         raise ViewError(f"{source} is neither a folder of PNG views nor a video ({', '.join(VIDEO_SUFFIXES)})")
     raise ViewError(f"views not found: {source}")
+
+
+def views_from_frames(frames: np.ndarray, elevation_deg: float, names: tuple[str, ...] | None = None,
+                      min_views: int = MIN_VIEWS) -> ViewSet:
+    """Views of uint8 frames ``(V, H, W, 3|4)`` in orbit order on one ring at ``elevation_deg`` degrees
+    (masks from the alpha channel or the white threshold, as :func:`split_rgba`); named
+    ``view_XX.png`` unless ``names`` are given.
+
+    Raises:
+        ViewError: too few views or empty / full masks (:func:`validate_views`).
+    """
+    images, masks = split_rgba(frames)
+    cameras = ring_cameras(len(frames), elevation_deg, frames.shape[2], frames.shape[1])
+    names = names or tuple(f"view_{k:02d}.png" for k in range(len(frames)))
+    return validate_views(images, masks, cameras, names, min_views)
 
 
 def resize_views(views: ViewSet, size: int) -> ViewSet:
