@@ -50,7 +50,7 @@ def start(args: argparse.Namespace) -> None:
         UsageError: a bad option or output root (see :func:`sgm.app.storage.check_output_root`).
     """
     from sgm.app.storage import Retention, check_output_root, remove_expired_jobs
-    from sgm.pipelines.errors import UsageError
+    from sgm.common.errors import UsageError
 
     if not args.max_upload_mb > 0:
         raise UsageError(f"--max_upload_mb must be more than 0, got {args.max_upload_mb}")
@@ -62,7 +62,7 @@ def start(args: argparse.Namespace) -> None:
     from sgm.app.models import choose_models, mesh_settings
     from sgm.app.ui import Handlers, serve
     from sgm.cli import pipeline_options
-    from sgm.pipelines.loading import resolve_device
+    from sgm.common.devices import resolve_device
 
     choice = choose_models(args.ckpt_dir or "ckpts", demo=args.demo, stage1_config=args.stage1_config,
                            stage2_config=args.stage2_config, ckpt_dir_given=args.ckpt_dir is not None,

@@ -23,10 +23,10 @@ from safetensors.torch import save_file
 
 from sgm.checkpoint import load_into, read_state_dict
 from sgm.cli import run_main
+from sgm.common.errors import OutputExistsError
 from sgm.config import build_model, load_config
 from sgm.conversion import ConversionError, ConversionReport, convert_svd_state_dict
 from sgm.modules.encoders.depth import DepthEmbedder
-from sgm.pipelines.outputs import OutputExistsError
 
 COND_AUG_KEY = "cond_aug"
 NOT_IN_SVD = (DepthEmbedder,)  # conditioner embedders of stage 2 whose weights SVD-XT does not have

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sgm.common.devices import resolve_device
+from sgm.common.errors import DeviceError
 from sgm.data.synthetic_orbits import RenderSettings, random_object, render_views
-from sgm.pipelines.loading import DeviceError, resolve_device
 from sgm.recon.cameras import orbit_rings
 
 COLUMNS = ("device", "kernels", "resolution", "views", "seconds", "s_per_view", "speedup", "max_abs", "mean_abs", "iou",

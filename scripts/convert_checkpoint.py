@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 from sgm.checkpoint import load_into, read_state_dict  # noqa: E402
 from sgm.cli import run_main  # noqa: E402
+from sgm.common.errors import UsageError  # noqa: E402
 from sgm.config import build_model, load_config  # noqa: E402
-from sgm.pipelines.errors import UsageError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sgm.cli import run_main
+from sgm.common.devices import resolve_device
 from sgm.data.synthetic_orbits import ObjectSpec
 from sgm.recon.cameras import OrbitCameras, cameras_at
 from sgm.recon.export import Mesh, read_mesh
@@ -33,7 +34,6 @@ from sgm.recon.gaussians import GaussianScene
 from sgm.recon.mesh import mesh_from_sdf
 from sgm.recon.metrics import image_metrics, mesh_metrics
 from sgm.recon.rasterize import BACKENDS, render_views
-from sgm.recon.reconstruct import resolve_device
 from sgm.recon.views import ViewError, read_pixels, split_rgba
 
 ANGLE_TOLERANCE_DEG = 0.01

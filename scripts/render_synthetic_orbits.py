@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from sgm.common.devices import resolve_device
+from sgm.common.errors import DeviceError
 from sgm.data.synthetic_orbits import ObjectSpec, RenderSettings, random_object, render_views
-from sgm.pipelines.loading import DeviceError, resolve_device
 from sgm.recon.cameras import DEFAULT_ELEVATIONS_DEG, DEFAULT_NUM_AZIMUTHS, OrbitCameras, orbit_rings
 
 LOG = logging.getLogger("render_synthetic_orbits")

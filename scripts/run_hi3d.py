@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sgm.cli import DEMO_NOTICE, USER_ERRORS, add_sampling_args, pipeline_options, run_main
+from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
+from sgm.common.errors import USER_ERRORS, UsageError
 from sgm.pipelines.batch import batch_inputs, output_folders
-from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import PRETRAINED, Hi3DPipeline
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig

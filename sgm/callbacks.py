@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .pipelines.video_io import write_mp4
+from .common.video_io import write_mp4
 from .util import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def write_video_frames(videos: torch.Tensor, path: Path, clamp: bool) -> None:
 def mp4_writer_problem() -> str | None:
     """Why mp4 files cannot be written here (e.g. imageio without its ffmpeg plugin), or None.
 
-    Probes by writing a 2-frame 16x16 clip with :func:`~sgm.pipelines.video_io.write_mp4` to a
+    Probes by writing a 2-frame 16x16 clip with :func:`~sgm.common.video_io.write_mp4` to a
     temporary file: the same call the logger makes, so a missing package, a missing ffmpeg binary
     or a missing codec all show; it takes a fraction of a second.
     """

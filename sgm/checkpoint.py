@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .common.errors import CheckpointError
 from .hub import local_path
 from .zero_checkpoint import ZeroCheckpointError, read_zero_checkpoint
 
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 
 DEEPSPEED_PREFIX = "module."
 SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read, or does not fit the model."""
 
 
 def _torch_load(path: Path) -> object:

@@ -10,16 +10,10 @@ import logging
 import sys
 from typing import Callable
 
-from .checkpoint import CheckpointError
+from .common.errors import USER_ERRORS
 from .pipelines.checks import SEED_MAX, TRAINED_ELEVATION_DEG
-from .pipelines.errors import NonFiniteOutputError, UsageError
-from .pipelines.loading import COMPILE_CHOICES, DeviceError
-from .pipelines.outputs import OutputExistsError
-from .util import ConfigError
+from .pipelines.loading import COMPILE_CHOICES
 
-# Errors a user can cause and fix: reported in one line, exit code 2. Anything else is a bug: traceback.
-USER_ERRORS = (FileNotFoundError, OutputExistsError, UsageError, CheckpointError, ConfigError, DeviceError,
-               NonFiniteOutputError)
 DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
                "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import CheckpointError
+from .common.errors import CheckpointError
 
 LABEL_EMB_KEY = "model.diffusion_model.label_emb.0.0.weight"
 INPUT_CONV_KEY = "model.diffusion_model.input_blocks.0.0.weight"

@@ -57,6 +57,8 @@ from subprocess import Popen, TimeoutExpired
 import pytorch_lightning as pl
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
+from .common.errors import USER_ERRORS
+
 log = logging.getLogger(__name__)
 
 # The fault folder of one launch, handed by the launching process to the ranks it starts.
@@ -99,8 +101,6 @@ class FailureReport:
 
 
 def _exit_code_of(err: BaseException) -> int:
-    from .cli import USER_ERRORS  # imported late: sgm.cli pulls in the inference pipeline modules
-
     return 2 if isinstance(err, USER_ERRORS) else 1
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, small_demo_configs
 from PIL import Image
 
 import sgm.pipelines.hi3d as hi3d
-from conftest import ROOT, small_demo_configs
+from sgm.common.errors import MissingCheckpointError, UsageError
+from sgm.common.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
 from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
-from sgm.pipelines.errors import MissingCheckpointError, UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.images import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, InputImageError
 
 STEPS = 1
 

@@ -19,17 +19,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, require, small_demo_configs
 from PIL import Image
 
-from conftest import ROOT, require, small_demo_configs
 from sgm.app.jobs import JOB_ID, Job, JobRunner, user_message
 from sgm.app.models import choose_models
 from sgm.app.readiness import MaskSummary, problem_for_3d
 from sgm.app.storage import OutputRootError, Retention, check_output_root, expired_jobs, remove_expired_jobs
 from sgm.app.validation import Settings, upload_name, validate_upload
-from sgm.pipelines.errors import MissingCheckpointError, UsageError
+from sgm.common.errors import MissingCheckpointError, UsageError
+from sgm.common.images import InputImageError
 from sgm.pipelines.hi3d import Hi3DPipeline, Hi3DResult
-from sgm.pipelines.images import InputImageError
 
 MB = 2**20
 IMAGE_A = ROOT / "demo" / "object_a_elev10.png"
@@ -260,7 +260,7 @@ def test_step_3_on_untrained_models_noise_says_to_use_the_released_checkpoints(t
     """The demo's refined views are noise over the whole frame: stage 2's white-threshold masks then mark
     every pixel as object (tests/test_app_browser.py runs the real demo models through the page)."""
     from sgm.app.ui import ERROR_PREFIX
-    from sgm.pipelines.images import foreground_masks
+    from sgm.common.images import foreground_masks
 
     handlers, stub = _stub_handlers(tmp_path, StubPipeline(untrained=True))
     *_, job, _ = handlers.orbit(str(IMAGE_A), 10, 0, 25, 2.5)

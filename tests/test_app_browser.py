@@ -23,9 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, require, write_synthetic_stage2
+from PIL import Image
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("HI3D_CHROMIUM", "/usr/bin/chromium")
@@ -94,9 +93,9 @@ class SyntheticPipeline:
         return False
 
     def __call__(self, image, output_dir, *, stages, callback=None, **kwargs):
+        from sgm.common.video_io import write_mp4, write_views
         from sgm.pipelines.hi3d import Hi3DResult
         from sgm.pipelines.outputs import OutputLayout
-        from sgm.pipelines.video_io import write_mp4, write_views
         from sgm.recon.fit import FitConfig
         from sgm.recon.reconstruct import ReconstructConfig, reconstruct
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, small_demo_configs
+
+from sgm.common.errors import UsageError
 from sgm.pipelines.batch import batch_inputs, output_folders
-from sgm.pipelines.errors import UsageError
 
 
 def test_folders_and_globs_name_their_images_in_order(tmp_path):

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from sgm.checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from sgm.checkpoint import load_checkpoint, read_state_dict
+from sgm.common.errors import CheckpointError
 from sgm.models.autoencoder import AutoencoderKL
 
 TINY_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,

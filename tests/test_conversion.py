@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from sgm.checkpoint import load_checkpoint
 from sgm.cli import run_main
+from sgm.common.errors import OutputExistsError
 from sgm.config import build_model, load_config
 from sgm.conversion import (
     INPUT_CONV_KEY,
@@ -19,7 +20,6 @@ from sgm.conversion import (
     insert_input_channels,
     widen_vector_columns,
 )
-from sgm.pipelines.outputs import OutputExistsError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tool_make_init_svd_to_vid2vid.py"

@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sgm.checkpoint import CheckpointError, read_state_dict
+from sgm.checkpoint import read_state_dict
+from sgm.common.errors import CheckpointError
 from sgm.config import build_model, load_config
 from sgm.models.diffusion import frozen_scalars_to_buffers
 from sgm.training import TrainingConfigError, check_accelerator, check_resume, translate_trainer_options

@@ -16,12 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sgm.common.errors import CheckpointError
 from sgm.modules.diffusionmodules.util import timestep_embedding
 from sgm.modules.encoders.aesthetic import AesEmbedder, middle_frame_pixels
 from sgm.modules.encoders.depth import DepthEmbedder
 from sgm.modules.encoders.image_ops import CLIP_MEAN, CLIP_STD, antialiased_resize, clip_normalize
 from sgm.modules.encoders.openclip import FrozenOpenCLIPImageEmbedder, FrozenOpenCLIPImagePredictionEmbedder
-from sgm.checkpoint import CheckpointError
 from sgm.modules.encoders.pretrained import MissingPretrainedError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, small_demo_configs
 from safetensors.torch import save_file
 
-from conftest import ROOT, small_demo_configs
 from sgm.checkpoint import read_state_dict
+from sgm.common.errors import MissingCheckpointError
 from sgm.config import build_model, load_config
 from sgm.hub import HubFileError, HubReference, download
-from sgm.pipelines.errors import MissingCheckpointError
 from sgm.pipelines.hi3d import Hi3DPipeline
 
 COMMIT = "4c1b9f0e2d3a5b6c7d8e9f0a1b2c3d4e5f6a7b8c"

@@ -12,20 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, write_synthetic_stage2
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT, write_synthetic_stage2
-from sgm.checkpoint import CheckpointError
 from sgm.cli import add_sampling_args
+from sgm.common.devices import resolve_device
+from sgm.common.errors import CheckpointError, DeviceError, OutputExistsError, UsageError
+from sgm.common.images import InputImageError, read_image, resize_and_center_crop
+from sgm.common.video_io import read_mp4, write_mp4
 from sgm.pipelines.background import load_rembg, remove_background
-from sgm.pipelines.errors import UsageError
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.images import InputImageError, read_image, resize_and_center_crop
-from sgm.pipelines.loading import DeviceError, ModelSpec, load_stage_model, resolve_compile, resolve_device
-from sgm.pipelines.outputs import OutputExistsError
-from sgm.pipelines.video_io import read_mp4, write_mp4
+from sgm.pipelines.loading import ModelSpec, load_stage_model, resolve_compile
 
 STEPS = 2  # the flow is the same at any step count; 25 (the default) is exercised by the README demo
 SIZE1, SIZE2 = 64, 128  # the demo configs at a quarter of their pixels, to keep the suite fast
@@ -248,7 +247,7 @@ def test_one_command_runs_both_stages(demo_configs, rgba_image, tmp_path):
 
 def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
     """Half-size guided calls, one-frame decoding and part-by-part placement change no output."""
-    from sgm.pipelines.images import pixels_to_tensor
+    from sgm.common.images import pixels_to_tensor
     from sgm.pipelines.loading import ExecutionPlan
     from sgm.pipelines.sampling import generate_orbit
 

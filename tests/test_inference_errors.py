@@ -21,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, small_demo_configs
 from PIL import Image
 from safetensors.torch import save_file
 
 import sgm.pipelines.hi3d as hi3d
-from conftest import ROOT, small_demo_configs
-from sgm.checkpoint import CheckpointError
 from sgm.cli import run_main
-from sgm.pipelines.errors import UsageError
+from sgm.common.errors import CheckpointError, UsageError
+from sgm.common.images import InputImageError, read_image
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.images import InputImageError, read_image
 from sgm.pipelines.loading import ModelSpec, load_stage_model
 
 STEPS = 1
@@ -223,7 +222,7 @@ def test_checkpoint_with_a_nan_weight_is_refused(configs, demo1_state, tmp_path)
 
 
 def test_non_finite_frames_stop_the_run_and_write_nothing(pipe, tmp_path, monkeypatch):
-    from sgm.pipelines.errors import NonFiniteOutputError
+    from sgm.common.errors import NonFiniteOutputError
 
     monkeypatch.setattr(hi3d, "generate_orbit",
                         lambda model, image, *args, **kwargs: torch.full((16, *image.shape), math.nan))
@@ -261,7 +260,7 @@ def test_failed_stage2_of_a_two_stage_overwrite_keeps_stage1(pipe, stage1_copy, 
 
 
 def test_swap_failure_puts_the_earlier_results_back(stage1_copy, monkeypatch):
-    from sgm.pipelines.outputs import OutputDirError
+    from sgm.common.errors import OutputDirError
     from sgm.pipelines.staging import StagedOutput
 
     before = digest_tree(stage1_copy)

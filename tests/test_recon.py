@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ray_sphere_views
 from PIL import Image
 
-from conftest import ray_sphere_views
-
-from sgm.pipelines.video_io import write_mp4
+from sgm.common.video_io import write_mp4
 from sgm.recon.cameras import orbit_cameras
 from sgm.recon.export import Mesh, read_mesh, write_glb, write_obj
 from sgm.recon.fit import FitConfig, _optimizer, densify_and_prune, fit_gaussians

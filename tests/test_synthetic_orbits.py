@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sgm.common.errors import DeviceError
 from sgm.data.synthetic_orbits import (
     SIZE_FIELDS,
     ObjectSpec,
@@ -24,7 +25,6 @@ from sgm.data.synthetic_orbits import (
     render_views,
 )
 from sgm.data.synthetic_orbits.spec import one_thread
-from sgm.pipelines.loading import DeviceError
 from sgm.recon.cameras import (
     DEFAULT_DISTANCE,
     DEFAULT_FOV_DEG,

@@ -13,8 +13,11 @@ import os
 import time
 from typing import Callable
 
-from ..pipelines.errors import UsageError
-from ..pipelines.images import composite_on_white
+import numpy as np
+from PIL import Image
+
+from ..common.errors import UsageError
+from ..common.images import composite_on_white
 from .jobs import Job, JobRunner, user_message
 from .validation import Settings, upload_name, validate_upload
 
@@ -71,7 +74,7 @@ class Handlers:
         except UsageError as err:
             log.warning("upload refused: %s", err)
             return (None, *cleared, None, error(f"`{upload_name(path)}`: {err}"))
-        preview = composite_on_white(image.convert("RGBA"))
+        preview = Image.fromarray(composite_on_white(np.asarray(image.convert("RGBA")), "nearest"))
         return (preview, *cleared, None,
                 f"Image `{upload_name(path)}` accepted ({image.width}x{image.height}, {image.mode}). "
                 "Set the elevation and press **1. Generate orbit**.")

@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from ..cli import USER_ERRORS
-from ..pipelines.errors import UsageError
+from ..common.errors import USER_ERRORS, UsageError
 from ..pipelines.hi3d import Hi3DPipeline, Hi3DResult
 from ..recon.reconstruct import ReconstructConfig
 from ..recon.views import ViewError

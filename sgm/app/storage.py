@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipelines.errors import UsageError
+from ..common.errors import UsageError
 
 log = logging.getLogger(__name__)
 

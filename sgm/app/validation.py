@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..pipelines.errors import UsageError
-from ..pipelines.images import InputImageError, read_image
+from ..common.errors import UsageError
+from ..common.images import InputImageError, read_image
 
 ELEVATION_RANGE = (-10.0, 40.0)  # degrees; the elevations the models were trained on
 STEPS_RANGE = (1, 100)
@@ -38,7 +38,7 @@ def validate_upload(path: str | Path | None, max_bytes: int) -> Image.Image:
 
     Raises:
         InputImageError: nothing uploaded, a file over ``max_bytes``, not an image, or an image
-            with a side outside :data:`~sgm.pipelines.images.MIN_IMAGE_SIDE`..``MAX_IMAGE_SIDE``.
+            with a side outside :data:`~sgm.common.images.MIN_IMAGE_SIDE`..``MAX_IMAGE_SIDE``.
     """
     if path is None:
         raise InputImageError("upload an image first (PNG, JPEG or WebP; RGBA with a transparent background is best)")

@@ -31,6 +31,8 @@ import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..common.images import composite_on_white
+
 log = logging.getLogger(__name__)
 
 RING_ELEVATIONS_DEG: tuple[int, ...] = (-10, 0, 10, 20, 30, 40)
@@ -56,14 +58,6 @@ def read_rgba(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGBA"))
 
 
-def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): ``rgb * a + (1 - a)`` in [0, 1] units, truncated (not rounded) to 8 bits."""
-    pixels = rgba.astype(np.float32) / 255.0
-    alpha = pixels[..., 3:]
-    rgb = pixels[..., :3] * alpha + (1.0 - alpha)
-    return (rgb * 255.0).astype(np.uint8)
-
-
 def resize_uint8(pixels: np.ndarray, width: int, height: int, resample: Image.Resampling) -> np.ndarray:
     """Resize uint8 (H, W) or (H, W, C) pixels to (height, width) with a PIL filter (no-op when equal)."""
     if pixels.shape[:2] == (height, width):
@@ -79,7 +73,7 @@ def to_model_range(pixels: np.ndarray) -> torch.Tensor:
 def load_frame(path: Path, width: int, height: int) -> tuple[torch.Tensor, np.ndarray]:
     """One view: ``(3, height, width)`` in [-1, 1] on white, and its uint8 alpha (H0, W0) at file size."""
     rgba = read_rgba(path)
-    rgb = resize_uint8(composite_on_white(rgba), width, height, Image.Resampling.BICUBIC)
+    rgb = resize_uint8(composite_on_white(rgba, "truncate"), width, height, Image.Resampling.BICUBIC)
     return to_model_range(rgb), rgba[..., 3]
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import NonFiniteOutputError, UsageError
+from ..common.errors import NonFiniteOutputError, UsageError
 
 log = logging.getLogger(__name__)
 

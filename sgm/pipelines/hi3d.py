@@ -20,24 +20,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..hub import KNOWN_FILES, HubFileError, is_hub_reference, local_path
-from ..hub import join as hub_join
-from ..modules.diffusionmodules.sampling import StepCallback
-from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
-from ..recon.views import views_from_frames
-from .checks import RunSettings, check_settings, require_finite_frames
-from .errors import MissingCheckpointError, UsageError
-from .images import (
+from ..common.devices import resolve_device
+from ..common.errors import MissingCheckpointError, UsageError
+from ..common.images import (
     OUTPUT_TYPES,
     contact_sheet,
-    frames_as,
     foreground_masks,
+    frames_as,
     pixels_to_tensor,
     read_image,
     resize_and_center_crop,
     resize_bilinear,
     tensor_to_pixels,
 )
+from ..common.progress import StepCallback
+from ..common.video_io import mp4_round_trip, read_mp4, write_mp4, write_views
+from ..hub import KNOWN_FILES, HubFileError, is_hub_reference, local_path
+from ..hub import join as hub_join
+from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
+from ..recon.views import views_from_frames
+from .checks import RunSettings, check_settings, require_finite_frames
 from .inputs import InputImage, load_input, open_input
 from .loading import (
     ExecutionPlan,
@@ -46,14 +48,12 @@ from .loading import (
     load_stage_model,
     resolve_checkpoint,
     resolve_compile,
-    resolve_device,
     resolve_dtype,
 )
 from .outputs import OutputLayout
 from .records import check_stage1_outputs, image_sha256, read_stage1_record, write_stage1_record, write_stage2_record
 from .sampling import frame_guider, generate_orbit, refine_orbit, stage2_input_frames
 from .staging import StagedOutput
-from .video_io import mp4_round_trip, read_mp4, write_mp4, write_views
 
 log = logging.getLogger(__name__)
 STAGES = ("orbit", "refine", "mesh")
@@ -67,7 +67,7 @@ PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
 @dataclass
 class StageResult:
     """What one stage made: the views themselves (``pixels``, uint8 (T, H, W, 3), exactly the PNGs' values),
-    the same as ``frames`` in the call's ``output_type`` (see :func:`~sgm.pipelines.images.frames_as`),
+    the same as ``frames`` in the call's ``output_type`` (see :func:`~sgm.common.images.frames_as`),
     and the files written (video, per-view PNGs, ``extra``; None / empty when nothing was written)."""
 
     video: Path | None
@@ -348,7 +348,7 @@ class Hi3DPipeline:
         (guidance of the first / last frame) apply to both diffusion stages; None keeps each config's
         values. ``image`` (a path or a PIL image) is the input of "orbit"; with "refine" alone it is
         optional and, when given, must be the image stage 1 was run on. ``output_type`` ("pil",
-        "np" or "pt") is the type of each stage result's ``frames`` (:func:`~sgm.pipelines.images.frames_as`).
+        "np" or "pt") is the type of each stage result's ``frames`` (:func:`~sgm.common.images.frames_as`).
 
         ``output_dir=None`` writes nothing and returns the results (views, and for "mesh" the
         Gaussians and meshes in ``result.mesh``); the stages must then start at "orbit", and stage 2
@@ -460,7 +460,7 @@ class Hi3DPipeline:
 
 
 def _views(folder: Path, pixels: np.ndarray, prefix: str = "view") -> list[Path]:
-    """Paths of the per-view PNGs that :func:`~sgm.pipelines.video_io.write_views` wrote for ``pixels``."""
+    """Paths of the per-view PNGs that :func:`~sgm.common.video_io.write_views` wrote for ``pixels``."""
     return [folder / f"{prefix}_{index:02d}.png" for index in range(len(pixels))]
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from .images import (
+from ..common.images import (
     InputImageError,
     check_image_size,
     check_not_transparent,
@@ -61,4 +62,5 @@ def load_input(image: str | Path | Image.Image | None, use_rembg: bool) -> Input
     picture, path, name = open_input(image)
     rgba = remove_background(picture, use_rembg)
     check_not_transparent(rgba, name, removed_background=picture.mode != "RGBA")
-    return InputImage(rgba, composite_on_white(rgba), path, image_sha256(picture))
+    white = Image.fromarray(composite_on_white(np.asarray(rgba), "nearest"))
+    return InputImage(rgba, white, path, image_sha256(picture))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_into, read_state_dict
+from ..checkpoint import load_into, read_state_dict
+from ..common.errors import CheckpointError, UsageError
 from ..config import build_model, load_config
 from ..hub import KNOWN_FILES, is_hub_reference, local_path
-from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -23,20 +23,6 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 RANDOM_WEIGHTS_SEED = 0
 README_CHECKPOINTS = "README.md, section 'Checkpoints' (ckpts/README.md lists every file)"
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available."""
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """``None``/``"auto"`` -> cuda when present, else cpu; an explicit cuda request without CUDA is an error."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {name} requested but CUDA is not available on this machine (use --device cpu)")
-    return device
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

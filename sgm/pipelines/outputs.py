@@ -24,17 +24,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..common.errors import OutputDirError, OutputExistsError
 
 RECORD_NAME = "run.json"
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder already holds results of the stage about to run."""
-
-
-class OutputDirError(UsageError):
-    """The output folder cannot be created or written to; the message names the folder and why."""
 
 
 def describe_os_error(err: OSError) -> str:

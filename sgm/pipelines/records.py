@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..common.errors import UsageError
 from .checks import RunSettings
-from .errors import UsageError
 from .outputs import OutputLayout
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common.errors import UsageError
+from ..common.progress import StepCallback
 from ..modules.diffusionmodules.guiders import LinearPredictionGuider
 from ..modules.diffusionmodules.refinement import refine_latents
-from ..modules.diffusionmodules.sampling import SamplingCallback, StepCallback
-from .errors import UsageError
+from ..modules.diffusionmodules.sampling import SamplingCallback
 from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
 LATENT_CHANNELS = 4

@@ -20,7 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .outputs import OutputDirError, OutputExistsError, describe_os_error
+from ..common.errors import OutputDirError, OutputExistsError
+from .outputs import describe_os_error
 
 TEMP_PREFIX = ".hi3d-tmp-"
 REPLACED = ".replaced"  # inside the temporary folder: the old entries, deleted after the swap

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
+from sgm.common.progress import StepCallback
 from sgm.recon.gaussians import GaussianScene, init_from_views
 from sgm.recon.metrics import ssim
 from sgm.recon.rasterize import render, resolve_backend, view_camera

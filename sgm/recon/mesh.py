@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
+from sgm.common.progress import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh
 from sgm.recon.gaussians import grid_points, project_view, sample_views

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
+from sgm.common.progress import StepCallback
 from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at
 from sgm.recon.gaussians import GaussianScene
 from sgm.recon.rasterize import render_views

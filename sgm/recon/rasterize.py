@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
+from sgm.common.progress import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.gaussians import GaussianScene
 

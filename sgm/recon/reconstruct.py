@@ -32,18 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
-from sgm.pipelines.outputs import OutputExistsError
+from sgm.common.devices import resolve_device
+from sgm.common.errors import OutputExistsError
+from sgm.common.progress import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh, write_glb, write_obj
 from sgm.recon.fit import FitConfig, FitResult, fit_gaussians
 from sgm.recon.gaussians import GaussianScene
 from sgm.recon.mesh import color_vertices, fuse_depths, mesh_from_volume, reject_depth_outliers
+from sgm.recon.novel_views import NovelViews, novel_view_cameras, render_novel_views, write_view_folder
+from sgm.recon.rasterize import render_views
 from sgm.recon.simplify import simplify_to_faces
 from sgm.recon.splat_ply import write_splat_ply
 from sgm.recon.texture import bake_texture, unwrap
-from sgm.recon.novel_views import NovelViews, novel_view_cameras, render_novel_views, write_view_folder
-from sgm.recon.rasterize import render_views
 from sgm.recon.views import ViewError, ViewSet, load_views, resize_views
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,6 @@ class ReconstructResult:
     report: dict
     scene_ply: Path | None = None
     textured: Mesh | None = None
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def concat_cameras(first: OrbitCameras, second: OrbitCameras) -> OrbitCameras:

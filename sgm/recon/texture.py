@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from sgm.modules.diffusionmodules.sampling import StepCallback
+from sgm.common.progress import StepCallback
 from sgm.recon.cameras import OrbitCameras
 from sgm.recon.export import Mesh
 from sgm.recon.mesh import view_colors

@@ -5,7 +5,7 @@ Accepted inputs (see :func:`load_views`):
 * a folder of PNGs: ``view_*.png`` when present, otherwise every ``*.png``, in name order.
   RGBA images give their alpha as the mask (RGB composited on white); RGB images take their
   masks from ``mask_*.png`` in a sibling ``masks/`` folder when it holds one per view, or
-  else from the white threshold of :func:`sgm.pipelines.images.foreground_masks`.
+  else from the white threshold of :func:`sgm.common.images.foreground_masks`.
   A ``cameras.json`` beside the PNGs (written by this stage or by
   ``scripts/render_synthetic_orbits.py``) gives each file's camera; without it view ``k`` of
   ``V`` is at azimuth ``k * 360 / V`` degrees on one ring at the given elevation.
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from sgm.pipelines.errors import UsageError
-from sgm.pipelines.images import foreground_masks
-from sgm.pipelines.video_io import read_mp4
+from sgm.common.errors import UsageError
+from sgm.common.images import foreground_masks
+from sgm.common.video_io import read_mp4
 from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at, orbit_azimuths_deg
 
 MIN_VIEWS = 16

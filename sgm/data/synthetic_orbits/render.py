@@ -6,7 +6,7 @@ uniformly lit training renders. Alpha is pixel coverage, supersampled on silhoue
 Lengths are world units; rays and points are stored as rows ``(3, N)``.
 
 Every tensor op runs on the device given to :func:`render_views` (resolved by
-:func:`sgm.pipelines.loading.resolve_device`); the views come back on the CPU. On a CUDA
+:func:`sgm.common.devices.resolve_device`); the views come back on the CPU. On a CUDA
 device the marching and the normals' field evaluations run as fused Triton kernels
 (:mod:`.fused_trace`, when triton imports; ``RenderSettings.fused_kernels``), the rest as
 torch ops. On a GPU the images match the CPU's within antialiasing tolerance, not bit for
@@ -23,8 +23,8 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from sgm.common.devices import resolve_device
 from sgm.data.synthetic_orbits.spec import ObjectSpec, constant, linear_rows, one_thread
-from sgm.pipelines.loading import resolve_device
 from sgm.recon.cameras import OrbitCameras
 
 CPU_RAYS_PER_CHUNK = 1 << 20

@@ -35,8 +35,6 @@ class StepInfo(TypedDict):
 
 
 SamplingCallback = Callable[[StepInfo], None]
-# Progress of a multi-step phase for the pipelines, the API and the 3D step: callback(step_index, total).
-StepCallback = Callable[[int, int], None]
 
 
 class EulerEDMSampler:

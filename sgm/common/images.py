@@ -1,5 +1,5 @@
-"""Image handling of the inference pipelines: reading, resizing, conversions (background removal:
-:mod:`sgm.pipelines.background`).
+"""Image handling shared by the pipelines, the datasets and the 3D step: reading, resizing,
+compositing, conversions (background removal: :mod:`sgm.pipelines.background`).
 
 Conventions: images on disk are 8-bit (16-bit inputs are scaled to 8 bits on reading); model
 frames are float tensors in [-1, 1] laid out (3, H, W) or (T, 3, H, W); pixel arrays are uint8
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UsageError
-
 
 # A pixel whose R, G and B all exceed this is background (white) in the stage-2 masks.
 WHITE_THRESHOLD = 220
@@ -105,11 +104,24 @@ def check_not_transparent(rgba: Image.Image, name: str, removed_background: bool
     raise InputImageError(f"{name} is fully transparent (alpha 0 everywhere): there is no object to generate from")
 
 
-def composite_on_white(rgba: Image.Image) -> Image.Image:
-    """RGB image of ``rgba`` alpha-composited over a white background."""
-    white = Image.new("RGB", rgba.size, (255, 255, 255))
-    white.paste(rgba, mask=rgba.getchannel("A"))
-    return white
+def composite_on_white(rgba: np.ndarray, rounding: str = "nearest") -> np.ndarray:
+    """uint8 (..., H, W, 3): straight-alpha uint8 (..., H, W, 4) composited over white, ``c a + 255 (1 - a)``.
+
+    The two official code paths round differently, and each is kept where it is used:
+
+    - ``"nearest"`` (inference: the official scripts paste the image on white with PIL): the
+      nearest 8-bit value, computed in integers exactly as PIL's paste does;
+    - ``"truncate"`` (the official training loader): float32 in [0, 1] units, then truncated.
+    """
+    if rounding == "nearest":
+        colour, alpha = rgba[..., :3].astype(np.int32), rgba[..., 3:].astype(np.int32)
+        value = colour * alpha + 255 * (255 - alpha) + 128
+        return ((value + (value >> 8)) >> 8).astype(np.uint8)
+    if rounding == "truncate":
+        pixels = rgba.astype(np.float32) / 255.0
+        alpha = pixels[..., 3:]
+        return ((pixels[..., :3] * alpha + (1.0 - alpha)) * 255.0).astype(np.uint8)
+    raise ValueError(f"rounding must be 'nearest' or 'truncate', got {rounding!r}")
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:

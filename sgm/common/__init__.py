@@ -1,0 +1,6 @@
+"""The bottom layer: what every other package may use and which imports nothing above it.
+
+User-facing errors (:mod:`.errors`), image and video files and pixel conversions
+(:mod:`.images`, :mod:`.video_io`), device resolution (:mod:`.devices`) and the progress
+callback type (:mod:`.progress`). It imports only :mod:`sgm.util` of this package.
+"""
