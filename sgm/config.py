@@ -28,7 +28,8 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
 
     Raises:
         FileNotFoundError: naming a missing file.
-        ConfigError: for unparsable YAML, bad overrides or a missing ``model`` node.
+        ConfigError: for unparsable YAML, bad overrides, files or overrides that do not merge, or a
+            missing ``model`` node.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
@@ -46,7 +47,11 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
         parts.append(OmegaConf.from_dotlist(list(overrides)))
     except Exception as err:
         raise ConfigError(f"bad override in {list(overrides)}: expected key=value ({err})") from err
-    config = OmegaConf.merge(*parts)
+    try:
+        config = OmegaConf.merge(*parts)
+    except Exception as err:  # e.g. a mapping override of a list entry: "emb_models.0.x=1"
+        raise ConfigError(f"cannot merge {', '.join(str(p) for p in paths)} and the overrides {list(overrides)}: "
+                          f"{type(err).__name__}: {err}") from None
     validate_model_node(config, source=", ".join(str(p) for p in paths))
     return config
 

@@ -67,8 +67,12 @@ def instantiate_from_config(config: Any, **overrides: Any) -> Any:
         overrides: keyword arguments that take precedence over ``params``.
 
     Raises:
-        ConfigError: if ``target`` is missing or cannot be imported.
+        ConfigError: if ``target`` is missing or cannot be imported, or ``params`` has a key that
+            ``target`` does not take (named, with the closest one it takes; see
+            :mod:`sgm.config_check`) instead of the constructor's ``TypeError``.
     """
+    from .config_check import check_keywords, signature_of  # late: sgm.config_check imports this module
+
     node = _as_dict(config)
     if "target" not in node:
         raise ConfigError(f"config node has no 'target' key (keys: {sorted(node)})")
@@ -77,6 +81,7 @@ def instantiate_from_config(config: Any, **overrides: Any) -> Any:
     params = _to_container(params)
     params.update(overrides)
     cls = get_obj_from_str(target)
+    check_keywords(signature_of(cls), params, "params", check_types=False)
     return cls(**params)
 
 
