@@ -70,6 +70,7 @@ from .config_check import ConfigKeyError, check_keywords, check_node, check_valu
 from .distributed_faults import RankFailureGuard, watch_ranks
 from .metrics_logs import metrics_logger
 from .run_folder import RUN_TIMESTAMP_ENV  # noqa: F401 (re-exported: the variable DDP children read)
+from .stop_signals import shield_workers
 from .util import ConfigError, instantiate_from_config
 from .zero_checkpoint import is_zero_checkpoint, saved_world_size
 
@@ -550,6 +551,7 @@ def run(options: TrainOptions) -> pl.Trainer:
     with model_init_device(early_options, torch.cuda.is_available()):
         model = build_model(config)
     data = instantiate_from_config(config.data)
+    shield_workers(data)  # a SIGTERM to the whole process group must not end the loader workers first
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
     launching = run_folder.inherited_stamp() is None
     folders = claim_run_folder(folders)
