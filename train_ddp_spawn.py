@@ -65,9 +65,9 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
                         max_steps=args.max_steps)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     """Train; a run stopped by SIGTERM / SIGINT (after saving last.ckpt) exits with 128 + the signal number."""
-    code = exit_code_after_fit(run(parse_args(argv)))
+    code = exit_code_after_fit(run(parse_args()))
     if code:
         sys.exit(code)
 

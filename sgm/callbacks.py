@@ -108,12 +108,15 @@ class LastCheckpoint(Checkpoint):
     Args:
         dirpath: checkpoint folder (the run's ``checkpoints/``).
         every_minutes: wall-clock minutes between periodic saves; None: no periodic saves.
+        save_last: False: never write ``last.ckpt`` (benchmarks); a signal still stops training.
     """
 
-    def __init__(self, dirpath: str | Path, every_minutes: float | None = DEFAULT_EVERY_MINUTES):
+    def __init__(self, dirpath: str | Path, every_minutes: float | None = DEFAULT_EVERY_MINUTES,
+                 save_last: bool = True):
         super().__init__()
         self.dirpath = Path(dirpath)
         self.every_minutes = check_every_minutes(every_minutes)
+        self.save_last = save_last
         self.stop = StopRequest()
         self.stopped_by: int | None = None
         self.stopped_at_step: int | None = None
@@ -189,7 +192,8 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer: pl.Trainer) -> None:
         """Save ``last.ckpt`` atomically (every rank calls this at the same step); no-op when this
         step is saved already or the trainer is not fitting."""
-        if trainer.global_step == self.saved_step or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if (not self.save_last or trainer.global_step == self.saved_step or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
             return
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
@@ -207,8 +211,11 @@ class LastCheckpoint(Checkpoint):
 
     def stop_message(self, logdir: str | Path) -> str:
         """What to tell the user after a signal stopped training."""
-        return (f"training stopped by {signal_name(self.stopped_by)} at global step {self.stopped_at_step}; "
-                f"{self.path} holds that step: continue with python train_ddp_spawn.py --resume {logdir} --train True")
+        stopped = f"training stopped by {signal_name(self.stopped_by)} at global step {self.stopped_at_step}"
+        if not self.save_last:
+            return f"{stopped}; nothing was saved ({LAST_CHECKPOINT_KEY}.save_last is false)"
+        return (f"{stopped}; {self.path} holds that step: continue with python train_ddp_spawn.py --resume {logdir} "
+                "--train True")
 
 
 def to_uint8(images: torch.Tensor, clamp: bool) -> torch.Tensor:

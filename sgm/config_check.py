@@ -26,7 +26,7 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -57,6 +57,10 @@ class Signature:
     parameters: dict[str, inspect.Parameter]
     hints: dict[str, Any]
     accepts_any: bool = False
+
+    def without(self, *names: str) -> Signature:
+        """The same signature without the parameters ``names`` (those the code sets itself)."""
+        return replace(self, parameters={k: v for k, v in self.parameters.items() if k not in names})
 
     def required(self) -> list[str]:
         """Parameters without a default (``*args`` / ``**kwargs`` excluded)."""

@@ -12,6 +12,11 @@ which agrees on it with every rank before saving). The handler does nothing else
 disturb a collective in progress. A second SIGINT restores the usual behaviour (an immediate
 ``KeyboardInterrupt``, no checkpoint) for a user who does not want to wait; further SIGTERMs are
 ignored (schedulers send SIGKILL after their grace period anyway).
+
+DataLoader worker processes ignore both signals (:func:`ignore_stop_signals`, their
+``worker_init_fn``): Ctrl-C in a terminal and schedulers signal every process of the run, and a
+worker ended by the signal would make the training process fail before it can save. The
+training process ends its workers itself.
 """
 from __future__ import annotations
 
@@ -32,6 +37,12 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return str(signum)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the training DataLoaders: the worker ignores SIGTERM and SIGINT."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class StopRequest:

@@ -19,12 +19,11 @@ node) and ``lightning``:
   state, resumable) current: saved at every epoch end, every ``every_minutes`` minutes of wall
   time (default 10; null: off), when SIGTERM or SIGINT arrives (then training stops, exit code
   128 + the signal number) and when training ends; always replaced atomically, so a run killed
-  at any moment keeps a complete one.
+  at any moment keeps a complete one. ``save_last: false`` writes no ``last.ckpt`` at all.
 
-Before anything is built, :func:`check_training_config` checks the config's keys and value types
-against the signatures of the classes it names (:mod:`sgm.config_check`): a typo'd key or a value
-of the wrong type is a :class:`~sgm.util.ConfigError` naming the key path, the value and the
-expected type.
+Before anything is built, the config's keys and value types are checked against the signatures of
+the classes it names (:mod:`sgm.training_config`): a typo'd key or a value of the wrong type is a
+:class:`~sgm.util.ConfigError` naming the key path, the value and the expected type.
 
 Run folder ``logdir``: ``<logdir>/<time>_<name>`` for a fresh run, claimed so that two runs never
 share one (:mod:`sgm.run_folder`); ``configs/<time>-project.yaml`` (merged config, one per start),
@@ -43,12 +42,10 @@ ranks. The data are seeded by ``data.params.seed`` independently of the rank.
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import math
 import os
 import sys
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -63,24 +60,20 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from . import atomic_checkpoint, run_folder
-from .callbacks import LAST_CHECKPOINT, LAST_CHECKPOINT_KEY, LastCheckpoint, SetupCallback, check_every_minutes
+from .callbacks import LAST_CHECKPOINT, LastCheckpoint, SetupCallback
 from .config import build_model, load_config
-from .config_check import ConfigKeyError, check_keywords, check_node, check_value, signature_of, \
-    unknown_key_message
+from .config_check import check_keywords, check_value, signature_of
 from .distributed_faults import RankFailureGuard, watch_ranks
 from .metrics_logs import metrics_logger
-from .run_folder import RUN_TIMESTAMP_ENV  # noqa: F401 (re-exported: the variable DDP children read)
-from .stop_signals import shield_workers
+from .training_config import check_training_config
 from .util import ConfigError, instantiate_from_config
 from .zero_checkpoint import is_zero_checkpoint, saved_world_size
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2")
 PRECISIONS = {"16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
               "32": "32-true", "32-true": "32-true"}
-LIGHTNING_SECTIONS = ("trainer", "callbacks", "modelcheckpoint")
-# Top-level sections of a training config, and the keys of its model node.
-TRAINING_SECTIONS = ("model", "data", "lightning")
-MODEL_NODE_KEYS = ("target", "params", "base_learning_rate", "random_pretrained_encoders")
+# Trainer arguments that build_trainer sets, not the config.
+TRAINER_ARGUMENTS_SET_HERE = ("logger", "callbacks", "default_root_dir")
 
 
 class TrainingConfigError(ConfigError):
@@ -160,8 +153,8 @@ def translate_trainer_options(trainer_config: Mapping, has_validation: bool) -> 
     """Lightning 2 ``Trainer`` keyword arguments from ``lightning.trainer`` (see the module docstring).
 
     Raises:
-        TrainingConfigError: naming the key that cannot be honoured.
-        ConfigTypeError: naming the key whose value the Trainer argument does not accept.
+        TrainingConfigError: naming the key that cannot be honoured, is not a Trainer argument (with
+            the closest one) or has a value of a type the argument does not accept.
     """
     options = dict(trainer_config)
     if "gpus" in options:
@@ -175,75 +168,11 @@ def translate_trainer_options(trainer_config: Mapping, has_validation: bool) -> 
         options["devices"] = parse_devices(options["devices"])
     _check_strategy(options)
     _map_precision(options)
-    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks",
-                                                                         "default_root_dir"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise TrainingConfigError(f"lightning.trainer keys {unknown} are not Lightning 2 Trainer arguments")
-    check_keywords(signature_of(pl.Trainer), options, "lightning.trainer")
-    return options
-
-
-def check_training_config(config: DictConfig) -> None:
-    """Check a training config's sections, keys and value types before anything is built.
-
-    The ``model`` and ``data`` nodes, every ``lightning.callbacks`` node and
-    ``lightning.modelcheckpoint.params`` are checked against the signatures of the classes they
-    name (:mod:`sgm.config_check`), nested ``{target, params}`` nodes too; ``lightning.trainer``
-    is checked by :func:`translate_trainer_options`.
-
-    Raises:
-        ConfigError: naming the key path, the value and what was expected.
-    """
     try:
-        plain = OmegaConf.to_container(config, resolve=True)
-    except Exception as err:  # an interpolation that does not resolve
-        raise ConfigError(f"the config does not resolve: {err}") from None
-    for key in plain:
-        if key not in TRAINING_SECTIONS:
-            raise ConfigKeyError(unknown_key_message("", str(key), TRAINING_SECTIONS, "a section of a training config"))
-    for section in TRAINING_SECTIONS:
-        if not isinstance(plain.get(section), dict):
-            raise ConfigKeyError(f"the config has no {section!r} section (a mapping)")
-    _check_model_section(plain["model"])
-    check_node(plain["data"], "data")
-    lightning = plain["lightning"]
-    unknown = sorted(set(lightning) - set(LIGHTNING_SECTIONS))
-    if unknown:
-        raise TrainingConfigError(f"lightning sections {unknown} are not supported (known: {LIGHTNING_SECTIONS})")
-    for name, node in (lightning.get("callbacks") or {}).items():
-        check_node(node, f"lightning.callbacks.{name}")
-    check_last_checkpoint_params((lightning.get("modelcheckpoint") or {}).get("params") or {})
-
-
-def _check_model_section(model: dict) -> None:
-    for key in model:
-        if key not in MODEL_NODE_KEYS:
-            raise ConfigKeyError(unknown_key_message("model", str(key), MODEL_NODE_KEYS, "a key of the model node"))
-    rate = model.get("base_learning_rate")
-    if rate is None:
-        raise ConfigKeyError("model.base_learning_rate is missing: training needs the learning rate per sample "
-                             "(e.g. 1.0e-05)")
-    check_value("model.base_learning_rate", rate, float, "training (the learning rate per sample)")
-    if not math.isfinite(rate) or rate <= 0:
-        raise ConfigError(f"model.base_learning_rate={rate!r}: expected a positive number")
-    if "random_pretrained_encoders" in model:
-        check_value("model.random_pretrained_encoders", model["random_pretrained_encoders"], bool, "sgm.config")
-    check_node({"target": model.get("target"), "params": model.get("params")}, "model")
-
-
-def check_last_checkpoint_params(params: Mapping) -> None:
-    """``lightning.modelcheckpoint.params``: keyword arguments of :class:`~sgm.callbacks.LastCheckpoint`
-    besides ``dirpath`` (the run's ``checkpoints/``).
-
-    Raises:
-        ConfigError: an unknown key or a wrongly typed or out-of-range value, named.
-    """
-    signature = signature_of(LastCheckpoint)
-    signature = replace(signature, parameters={k: v for k, v in signature.parameters.items() if k != "dirpath"})
-    check_keywords(signature, params, LAST_CHECKPOINT_KEY)
-    if "every_minutes" in params:
-        check_every_minutes(params["every_minutes"])
+        check_keywords(signature_of(pl.Trainer).without(*TRAINER_ARGUMENTS_SET_HERE), options, "lightning.trainer")
+    except ConfigError as err:
+        raise TrainingConfigError(str(err)) from None
+    return options
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,11 +188,9 @@ def last_checkpoint_callback(ckptdir: Path, params: Mapping | None) -> LastCheck
     ends, every ``every_minutes`` minutes of wall time, on SIGTERM / SIGINT and when training ends.
 
     Args:
-        params: ``lightning.modelcheckpoint.params`` (see :func:`check_last_checkpoint_params`).
+        params: ``lightning.modelcheckpoint.params`` (checked by :func:`~sgm.training_config.check_training_config`).
     """
-    params = dict(params or {})
-    check_last_checkpoint_params(params)
-    return LastCheckpoint(ckptdir, **params)
+    return LastCheckpoint(ckptdir, **dict(params or {}))
 
 
 def rank_seed(seed: int, rank: int, global_step: int) -> int:
@@ -414,6 +341,21 @@ def claim_run_folder(folders: RunFolders) -> RunFolders:
     return replace(folders, logdir=logdir, now=stamp, to_claim=False, claimed=True)
 
 
+@contextmanager
+def run_folder_in_use(folders: RunFolders) -> Iterator[RunFolders]:
+    """The run folder while the trainer is built and fits: a fresh run's folder is claimed
+    (:func:`claim_run_folder`) and removed again if the block ends without a file written in it;
+    DDP child ranks that the block starts take this process's stamp, and so its folder."""
+    launching = run_folder.inherited_stamp() is None
+    folders = claim_run_folder(folders)
+    try:
+        with run_folder.handed_down(folders.now) if launching else nullcontext():
+            yield folders
+    finally:
+        if folders.claimed:
+            run_folder.release_if_unused(folders.logdir)
+
+
 def apply_cli(trainer_options: dict, options: TrainOptions) -> dict:
     """Command-line ``--accelerator``, ``--devices`` and ``--max_steps`` override the config."""
     if options.accelerator is not None:
@@ -483,9 +425,6 @@ def check_resume(checkpoint: Path, deepspeed: bool, world_size: int) -> None:
 def build_trainer(config: DictConfig, folders: RunFolders, options: TrainOptions, has_validation: bool) -> pl.Trainer:
     """The Trainer of ``config.lightning`` with the run's callbacks and logger."""
     lightning = OmegaConf.to_container(config.get("lightning") or OmegaConf.create(), resolve=True)
-    unknown = sorted(set(lightning) - set(LIGHTNING_SECTIONS))
-    if unknown:
-        raise TrainingConfigError(f"lightning sections {unknown} are not supported (known: {LIGHTNING_SECTIONS})")
     trainer_options = apply_cli(translate_trainer_options(lightning.get("trainer") or {}, has_validation), options)
     callbacks = [
         SetupCallback(folders.logdir, folders.ckptdir, folders.cfgdir, config, folders.now),
@@ -505,14 +444,9 @@ def scaled_learning_rate(base_lr: float, batch_size: int, world_size: int, accum
 
 
 def set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool) -> float:
-    """Set ``model.learning_rate`` from ``model.base_learning_rate`` and the batch layout."""
-    if config.model.get("base_learning_rate") is None:
-        raise TrainingConfigError("model.base_learning_rate is missing")
-    if config.get("data") is None or config.data.get("params", {}).get("batch_size") is None:
-        raise TrainingConfigError("data.params.batch_size is missing")
+    """Set ``model.learning_rate`` from ``model.base_learning_rate`` and the batch layout (both
+    checked by :func:`check_training_config`)."""
     base_lr, batch_size = config.model.base_learning_rate, config.data.params.batch_size
-    check_value("model.base_learning_rate", base_lr, float, "training (the learning rate per sample)")
-    check_value("data.params.batch_size", batch_size, int, "the learning-rate scaling (clips per device)")
     world_size = trainer.num_devices * trainer.num_nodes
     accumulate = trainer.accumulate_grad_batches
     model.learning_rate = scaled_learning_rate(base_lr, batch_size, world_size, accumulate, scale_lr)
@@ -537,42 +471,32 @@ def run(options: TrainOptions) -> pl.Trainer:
     """Build model, data and trainer from the options; fit when ``options.train``.
 
     Every check that needs no model (config keys and types, trainer options, accelerator) runs
-    before the model is built and before anything is written. A fresh run's folder is claimed
-    just before the trainer is built, and removed again if the run ends without writing a file.
+    before the model is built and before anything is written (:func:`run_folder_in_use`).
     """
     folders, base = plan_run(options)
     config = load_config(base, options.overrides)
     check_training_config(config)
     # Checked before the (slow) model build; the validation-step check waits for the model.
-    trainer_section = OmegaConf.to_container(config.lightning.get("trainer") or {}, resolve=True)
+    trainer_section = OmegaConf.to_container((config.get("lightning") or {}).get("trainer") or {}, resolve=True)
     early_options = apply_cli(translate_trainer_options(trainer_section, has_validation=True), options)
     check_accelerator(early_options, torch.cuda.is_available())
     pl.seed_everything(options.seed, workers=True)
     with model_init_device(early_options, torch.cuda.is_available()):
         model = build_model(config)
     data = instantiate_from_config(config.data)
-    shield_workers(data)  # a SIGTERM to the whole process group must not end the loader workers first
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
-    launching = run_folder.inherited_stamp() is None
-    folders = claim_run_folder(folders)
-    try:
-        # DDP child ranks, started inside fit, take this process's stamp (and so its folder).
-        with run_folder.handed_down(folders.now) if launching else nullcontext():
-            trainer = build_trainer(config, folders, options, has_validation)
-            set_learning_rate(model, config, trainer, options.scale_lr)
-            if folders.checkpoint is not None:
-                check_resume(folders.checkpoint, isinstance(trainer.strategy, DeepSpeedStrategy), trainer.world_size)
-            rank_zero_info(f"run folder: {folders.logdir}")
-            if options.train:
-                with watch_ranks(trainer):  # a failing rank ends every rank, with its error (sgm.distributed_faults)
-                    trainer.fit(model, datamodule=data,
-                                ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
-                    release_process_group()
-            else:
-                rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
-    finally:
-        if folders.claimed:
-            run_folder.release_if_unused(folders.logdir)
+    with run_folder_in_use(folders) as folders:
+        trainer = build_trainer(config, folders, options, has_validation)
+        set_learning_rate(model, config, trainer, options.scale_lr)
+        if folders.checkpoint is not None:
+            check_resume(folders.checkpoint, isinstance(trainer.strategy, DeepSpeedStrategy), trainer.world_size)
+        rank_zero_info(f"run folder: {folders.logdir}")
+        if options.train:
+            with watch_ranks(trainer):  # a failing rank ends every rank, with its error (sgm.distributed_faults)
+                trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
+                release_process_group()
+        else:
+            rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
     if not options.no_test and not is_overridden("test_step", model, pl.LightningModule):
         rank_zero_warn("the model has no test_step: the test phase is skipped (pass --no-test True to silence this)")
     return trainer

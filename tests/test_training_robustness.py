@@ -4,17 +4,19 @@
   shipped config) and on SIGTERM / SIGINT, and replaced atomically: a run killed at any moment
   resumes from it.
 - ``--resume`` keeps the run's metrics history; two runs started in the same second get two folders.
-- Wrong values and typo'd keys are named errors (exit code 2, no traceback) before the model is built;
-  so is a dataset whose every object folder is unusable.
+- Wrong values and typo'd keys are named errors (exit code 2, one line, no traceback) before the
+  model is built; so is a dataset whose every object folder is unusable.
 
-Data: two procedural objects at 32x32 (the ``orbit_folder`` fixture of ``test_training``); the
-subprocess tests run ``train_ddp_spawn.py`` on the tiny stage-1 config on the CPU.
+Data: two procedural objects at 32x32 (the ``orbit_folder`` fixture of ``test_training``): an
+epoch is 2 steps of one process. Most runs are in-process (``train_ddp_spawn.main``, through
+:func:`sgm.cli.run_main` as the script runs it); a SIGKILL, a signal from another process to a DDP
+rank, and one exit code are checked on the real script in a subprocess.
 """
 from __future__ import annotations
 
 import csv
 import json
-import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -35,19 +37,17 @@ import train_ddp_spawn
 from sgm.cli import run_main
 from sgm.config import load_config
 from sgm.training import TrainOptions, last_checkpoint_callback, plan_run, run
-from sgm.util import ConfigError, instantiate_from_config
+from sgm.util import instantiate_from_config
 
-# Only the tests of new modules import them (inside the test): the others run against older code too.
-
-log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_V01 = ROOT / "configs" / "train-v01.yaml"
 TRAIN_V02 = ROOT / "configs" / "train-v02.yaml"
 # A whole subprocess run: start-up (~15 s for 2 ranks on 2 cores) plus some steps, with margin
 # for a loaded machine.
 COMMAND_LIMIT_S = 240.0
-# Wall-time interval of the periodic-save tests: 1.2 s, a few steps of the tiny model.
-SHORT_INTERVAL_MIN = 0.02
+# Wall-time interval of the periodic-save test: 0.12 s, less than a step of the tiny model (so
+# every step is saved, odd ones by the clock alone, and a kill likely comes during a save).
+SHORT_INTERVAL_MIN = 0.002
 QUIET = ["lightning.callbacks.image_logger.params.disabled=true"]
 
 
@@ -81,15 +81,31 @@ class EpochStartProbe(pl.Callback):
         if trainer.current_epoch == 0:
             return
         last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-        saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.is_file() else None
+        saved = saved_step(last) if last.is_file() else None
         self.records.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "saved": saved})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "epochs.json").write_text(json.dumps(self.records))
 
 
-def probe(name: str, target: str, out_dir: Path) -> list[str]:
+class SignalAtStep(pl.Callback):
+    """Test-only: once global step ``step`` is done, send signal ``signum`` to the DataLoader workers
+    and then to this process, as a terminal's Ctrl-C or a scheduler signals every process of a run."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__()
+        self.signum, self.step = signum, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, self.signum)
+            os.kill(os.getpid(), self.signum)
+
+
+def callback(name: str, target: str, **params) -> list[str]:
+    """Overrides adding the test callback ``target`` (a class of this module) as ``name``."""
     return [f"lightning.callbacks.{name}.target=test_training_robustness.{target}",
-            f"lightning.callbacks.{name}.params.out_dir={out_dir}"]
+            *(f"lightning.callbacks.{name}.params.{key}={value}" for key, value in params.items())]
 
 
 def saved_step(checkpoint: Path) -> int:
@@ -100,6 +116,33 @@ def options(orbit_folder: Path, logdir: Path, *overrides: str, **kwargs) -> Trai
     """An in-process run of the tiny stage-1 config (one CPU process)."""
     return TrainOptions(base=[str(TINY_V01)], logdir=str(logdir), train=True, no_test=True,
                         overrides=[*data_overrides(orbit_folder), *QUIET, *overrides], **kwargs)
+
+
+def script_args(orbit_folder: Path, logdir: Path, *extra: str) -> list[str]:
+    """Command line of ``train_ddp_spawn.py`` for the tiny stage-1 config."""
+    return ["--base", str(TINY_V01), "--train", "True", "--no-test", "True", "--logdir", str(logdir),
+            *data_overrides(orbit_folder), *QUIET, *extra]
+
+
+@pytest.fixture()
+def script_main(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """``script_main(argv)``: run ``train_ddp_spawn.py`` with ``argv`` in this process as the script
+    runs (its main through :func:`sgm.cli.run_main`); returns (exit code, stderr)."""
+    def script_main(argv: list[str]) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["train_ddp_spawn.py", *argv])
+        capsys.readouterr()
+        try:
+            run_main(train_ddp_spawn.main)
+            code = 0
+        except SystemExit as exited:
+            code = exited.code
+        return code, capsys.readouterr().err
+
+    return script_main
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
 def start_script(args: list[str], env: dict) -> subprocess.Popen:
@@ -146,6 +189,11 @@ def read_int(path: Path) -> int | None:
         return None
 
 
+def only_run_folder(logs: Path) -> Path:
+    (logdir,) = logs.iterdir()
+    return logdir
+
+
 # ---------------------------------------------------------------------------------------
 # last.ckpt: when it is saved
 
@@ -159,69 +207,81 @@ def test_every_shipped_training_config_saves_last_checkpoint_every_ten_minutes(c
 
 
 def test_last_checkpoint_is_saved_at_every_epoch_end(orbit_folder: Path, tmp_path: Path):
-    # 2 objects, batch 1, 1 process: an epoch is 2 steps; 3 steps end epoch 0 and stop in epoch 1
+    # 3 steps end epoch 0 (2 steps) and stop in epoch 1
     out = tmp_path / "out"
-    run(options(orbit_folder, tmp_path / "logs", *probe("probe", "EpochStartProbe", out), max_steps=3))
+    run(options(orbit_folder, tmp_path / "logs", *callback("probe", "EpochStartProbe", out_dir=out), max_steps=3))
     assert json.loads((out / "epochs.json").read_text()) == [{"epoch": 1, "step": 2, "saved": 2}]
-    (logdir,) = (tmp_path / "logs").iterdir()
+    logdir = only_run_folder(tmp_path / "logs")
     assert saved_step(logdir / "checkpoints" / "last.ckpt") == 3  # and when training ends
     assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temporary left
 
 
+def test_save_last_false_writes_no_last_checkpoint(orbit_folder: Path, tmp_path: Path):
+    """What the benchmarks ask for (``lightning.modelcheckpoint.params.save_last=false``): no checkpoint I/O."""
+    run(options(orbit_folder, tmp_path / "logs", "lightning.modelcheckpoint.params.save_last=false", max_steps=2))
+    assert not list((only_run_folder(tmp_path / "logs") / "checkpoints").iterdir())
+
+
 @pytest.mark.slow
-def test_a_run_killed_after_a_periodic_save_resumes_from_it(orbit_folder: Path, tmp_path: Path):
+def test_a_run_killed_with_sigkill_resumes_from_its_periodic_checkpoint(orbit_folder: Path, tmp_path: Path):
     logs, out = tmp_path / "logs", tmp_path / "out"
-    proc = start_script(["--base", str(TINY_V01), "--train", "True", "--no-test", "True", "--logdir", str(logs),
-                         "--max_steps", "1000", *data_overrides(orbit_folder), *QUIET,
-                         f"lightning.modelcheckpoint.params.every_minutes={SHORT_INTERVAL_MIN}"], script_env())
+    proc = start_script(script_args(orbit_folder, logs, "--max_steps", "1000",
+                                    f"lightning.modelcheckpoint.params.every_minutes={SHORT_INTERVAL_MIN}"),
+                        script_env())
 
     def periodic_save() -> int | None:
-        # epoch ends come at even steps (2 objects, batch 1): an odd step was saved by the clock
+        # epoch ends come at even steps: an odd step was saved by the clock
         checkpoints = list(logs.glob("*/checkpoints/last.ckpt"))
         step = saved_step(checkpoints[0]) if checkpoints else None
         return step if step is not None and step % 2 == 1 else None
 
-    killed_at = wait_until(periodic_save, proc, "periodic save of last.ckpt at an odd step")
+    killed_at = wait_until(periodic_save, proc, "a periodic save of last.ckpt at an odd step")
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)
     assert proc.returncode == -signal.SIGKILL
-    (logdir,) = logs.iterdir()
+    logdir = only_run_folder(logs)
     saved = saved_step(logdir / "checkpoints" / "last.ckpt")  # complete, whatever the kill interrupted
     assert saved >= killed_at
-    log.info("killed after the periodic save at step %d; last.ckpt holds step %d", killed_at, saved)
 
-    resumed = start_script(["--resume", str(logdir), "--train", "True", "--no-test", "True", "--max_steps",
-                            str(saved + 2), "lightning.callbacks.checksum.target=test_training.ParameterChecksum",
-                            f"lightning.callbacks.checksum.params.out_dir={out}",
-                            "lightning.callbacks.checksum.params.tag=resumed"], script_env())
-    stdout, stderr = finish(resumed)
-    assert resumed.returncode == 0, stderr[-5000:]
+    run(TrainOptions(resume=str(logdir), train=True, no_test=True, max_steps=saved + 2,
+                     overrides=["lightning.callbacks.checksum.target=test_training.ParameterChecksum",
+                                f"lightning.callbacks.checksum.params.out_dir={out}",
+                                "lightning.callbacks.checksum.params.tag=resumed"]))
     record = json.loads((out / "resumed-rank0.json").read_text())
     assert (record["start"], record["end"]) == (saved, saved + 2)
     assert saved_step(logdir / "checkpoints" / "last.ckpt") == saved + 2
+    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["last.ckpt"]
     assert list(logs.iterdir()) == [logdir]
 
 
-@pytest.mark.slow
+# ---------------------------------------------------------------------------------------
+# SIGTERM and SIGINT
+
+
+@pytest.fixture()
+def ctrl_c_enabled():
+    """Python's own SIGINT handler, also when pytest runs as a background job (which ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_last_checkpoint_at_the_step_it_stopped(orbit_folder: Path, tmp_path: Path, signum):
-    logs, out = tmp_path / "logs", tmp_path / "out"
-    proc = start_script(["--base", str(TINY_V01), "--train", "True", "--no-test", "True", "--logdir", str(logs),
-                         "--max_steps", "1000", *data_overrides(orbit_folder), *QUIET,
-                         *probe("probe", "StepProbe", out)], script_env())
-    wait_until(lambda: (read_int(out / "step-rank0") or 0) >= 1, proc, "a training step")
-    proc.send_signal(signum)
-    stdout, stderr = finish(proc, limit_s=120.0)
-    assert proc.returncode == 128 + signum, stderr[-5000:]
-    match = re.search(rf"training stopped by {signum.name} at global step (\d+); .*last\.ckpt holds that step: "
-                      r"continue with python train_ddp_spawn\.py --resume ", stderr)
-    assert match, stderr[-5000:]
+def test_a_stop_signal_saves_last_checkpoint_and_exits_128_plus_its_number(
+        orbit_folder: Path, tmp_path: Path, script_main, ctrl_c_enabled, signum: int):
+    """The signal reaches the process and its DataLoader worker at step 3, in the middle of epoch 1."""
+    logs = tmp_path / "logs"
+    code, stderr = script_main(script_args(orbit_folder, logs, "--max_steps", "1000", "data.params.num_workers=1",
+                                           *callback("signal", "SignalAtStep", signum=int(signum), step=3)))
+    logdir = only_run_folder(logs)
+    assert code == 128 + signum, stderr[-5000:]
+    assert (f"training stopped by {signum.name} at global step 3; {logdir / 'checkpoints' / 'last.ckpt'} holds that "
+            f"step: continue with python train_ddp_spawn.py --resume {logdir} --train True") in stderr
     assert "Traceback" not in stderr
-    (logdir,) = logs.iterdir()
-    stopped_at = int(match.group(1))
-    assert stopped_at == read_int(out / "step-rank0") and stopped_at >= 1
-    assert saved_step(logdir / "checkpoints" / "last.ckpt") == stopped_at
+    assert saved_step(logdir / "checkpoints" / "last.ckpt") == 3
     assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert signal.getsignal(signum) is {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}[
+        signum], "the handler of before training must be back"
 
 
 @pytest.mark.slow
@@ -229,10 +289,9 @@ def test_sigterm_to_one_ddp_rank_saves_and_stops_every_rank(orbit_folder: Path, 
     """The signal reaches the child rank only (``kill <pid>``); both ranks agree at the next step,
     save together and stop; the run exits 143 and no rank is left."""
     logs, out = tmp_path / "logs", tmp_path / "out"
-    proc = start_script(["--base", str(TINY_V01), "--train", "True", "--no-test", "True", "--logdir", str(logs),
-                         "--accelerator", "cpu", "--devices", "2", "lightning.trainer.strategy=ddp",
-                         "--max_steps", "1000", *data_overrides(orbit_folder), *QUIET,
-                         *probe("probe", "StepProbe", out)], script_env())
+    proc = start_script(script_args(orbit_folder, logs, "--accelerator", "cpu", "--devices", "2",
+                                    "lightning.trainer.strategy=ddp", "--max_steps", "1000",
+                                    *callback("probe", "StepProbe", out_dir=out)), script_env())
     wait_until(lambda: (read_int(out / "step-rank1") or 0) >= 1, proc, "a training step of rank 1")
     pids = [read_int(out / f"pid-rank{rank}") for rank in range(2)]
     os.kill(pids[1], signal.SIGTERM)
@@ -242,9 +301,22 @@ def test_sigterm_to_one_ddp_rank_saves_and_stops_every_rank(orbit_folder: Path, 
     assert match and "Traceback" not in stderr, stderr[-5000:]
     stopped_at = int(match.group(1))
     assert [read_int(out / f"step-rank{rank}") for rank in range(2)] == [stopped_at, stopped_at]
-    (logdir,) = logs.iterdir()
-    assert saved_step(logdir / "checkpoints" / "last.ckpt") == stopped_at
+    assert saved_step(only_run_folder(logs) / "checkpoints" / "last.ckpt") == stopped_at
     assert not [pid for pid in pids if process_alive(pid)], "a rank outlived the command"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_dataloader_workers_outlive_a_stop_signal(orbit_folder: Path, signum: int):
+    """A terminal's Ctrl-C or a scheduler's SIGTERM reaches the workers too; the training process
+    must still get its next batches while it finishes the step and saves."""
+    data = instantiate_from_config({"target": "sgm.data.video_dataset.VideoDataset", "params": {
+        "base_folder": str(orbit_folder), "width": 32, "height": 32, "batch_size": 1, "num_workers": 1}})
+    batches = iter(data.train_dataloader())
+    next(batches)
+    (worker,) = multiprocessing.active_children()
+    os.kill(worker.pid, signum)
+    time.sleep(0.5)
+    assert next(batches)["video"].shape == (1, 3, 16, 32, 32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,16 +374,32 @@ def test_a_kill_during_a_deepspeed_folder_save_keeps_a_complete_last_checkpoint(
 # Resume and run folders
 
 
-def test_resume_keeps_the_metrics_history(orbit_folder: Path, tmp_path: Path):
+def resume(logdir: Path, max_steps: int) -> None:
+    run(TrainOptions(resume=str(logdir), train=True, no_test=True, overrides=QUIET, max_steps=max_steps))
+
+
+def test_resume_keeps_the_csv_history(orbit_folder: Path, tmp_path: Path):
     run(options(orbit_folder, tmp_path / "logs", max_steps=2))
-    (logdir,) = (tmp_path / "logs").iterdir()
+    logdir = only_run_folder(tmp_path / "logs")
     metrics = logdir / "csv" / "metrics.csv"
     first = list(csv.DictReader(metrics.open()))
-    run(TrainOptions(resume=str(logdir), train=True, no_test=True, overrides=QUIET, max_steps=4))
+    resume(logdir, max_steps=4)
     rows = list(csv.DictReader(metrics.open()))
     assert rows[:len(first)] == first, "the rows logged before the resume must stay as they were"
     losses = [(int(row["step"]), row["epoch"]) for row in rows if row.get("loss")]
     assert losses == [(0, "0"), (1, "0"), (2, "1"), (3, "1")]
+
+
+def test_resume_continues_the_tensorboard_log(orbit_folder: Path, tmp_path: Path):
+    pytest.importorskip("tensorboard", reason="the run logs to TensorBoard only where tensorboard is installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(options(orbit_folder, tmp_path / "logs", max_steps=2))
+    logdir = only_run_folder(tmp_path / "logs")
+    resume(logdir, max_steps=4)
+    events = EventAccumulator(str(logdir / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss")] == [0, 1, 2, 3]
 
 
 def test_two_runs_started_in_the_same_second_get_separate_folders(orbit_folder: Path, tmp_path: Path,
@@ -372,16 +460,6 @@ def no_model_build(monkeypatch: pytest.MonkeyPatch) -> None:
      "or null"),
     ("lightning.modelcheckpoint.params.every_minutes=0",
      "lightning.modelcheckpoint.params.every_minutes=0: expected a positive number of minutes"),
-], ids=["max_steps", "batch_size", "base_learning_rate", "every_minutes_type", "every_minutes_range"])
-def test_a_wrongly_typed_value_is_named_before_the_model_is_built(orbit_folder: Path, tmp_path: Path, override: str,
-                                                                  message: str, no_model_build):
-    with pytest.raises(ConfigError) as caught:
-        run(options(orbit_folder, tmp_path / "logs", override))
-    assert message in str(caught.value)
-    assert not (tmp_path / "logs").exists(), "nothing may be written before the refusal"
-
-
-@pytest.mark.parametrize("override, message", [
     ("data.params.batch_sise=2", "data.params.batch_sise is not a parameter of sgm.data.video_dataset.VideoDataset; "
                                  "did you mean data.params.batch_size?"),
     ("model.params.network_config.params.model_channel=8",
@@ -390,17 +468,37 @@ def test_a_wrongly_typed_value_is_named_before_the_model_is_built(orbit_folder: 
      "model.params.network_config.params.model_channels?"),
     ("model.base_learing_rate=1e-4", "model.base_learing_rate is not a key of the model node; did you mean "
                                      "model.base_learning_rate?"),
+    ("lightning.trainer.max_step=3", "lightning.trainer.max_step is not a parameter of "
+                                     "pytorch_lightning.trainer.trainer.Trainer; did you mean lightning.trainer.max_steps?"),
     ("lightning.callbacks.image_logger.params.batch_frequncy=3",
      "lightning.callbacks.image_logger.params.batch_frequncy is not a parameter of sgm.callbacks.ImageLogger; did you "
      "mean lightning.callbacks.image_logger.params.batch_frequency?"),
+    ("lightning.modelcheckpoint.params.every_minute=5",
+     "lightning.modelcheckpoint.params.every_minute is not a parameter of sgm.callbacks.LastCheckpoint; did you mean "
+     "lightning.modelcheckpoint.params.every_minutes?"),
     ("lightnig.trainer.max_steps=3", "lightnig is not a section of a training config; did you mean lightning?"),
-], ids=["data", "nested_model_node", "model_node", "callback", "section"])
-def test_a_typo_in_a_key_is_named_before_the_model_is_built(orbit_folder: Path, tmp_path: Path, override: str,
-                                                            message: str, no_model_build):
-    with pytest.raises(ConfigError) as caught:
-        run(options(orbit_folder, tmp_path / "logs", override))
-    assert message in str(caught.value)
-    assert not (tmp_path / "logs").exists()
+], ids=["max_steps=abc", "batch_size=two", "base_learning_rate=fast", "every_minutes=soon", "every_minutes=0",
+        "typo_data_key", "typo_nested_model_key", "typo_model_node_key", "typo_trainer_key", "typo_callback_key",
+        "typo_modelcheckpoint_key", "typo_section"])
+def test_a_config_mistake_is_one_named_error_line_with_exit_code_2(
+        orbit_folder: Path, tmp_path: Path, script_main, no_model_build, override: str, message: str):
+    code, stderr = script_main(script_args(orbit_folder, tmp_path / "logs", override))
+    assert code == 2, stderr[-3000:]
+    (line,) = error_lines(stderr)
+    assert line.startswith(f"error: {message}"), line
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "logs").exists(), "nothing may be written before the refusal"
+
+
+@pytest.mark.slow
+def test_train_script_exits_2_with_one_line_for_a_wrong_value(tmp_path: Path):
+    result = subprocess.run([sys.executable, str(ROOT / "train_ddp_spawn.py"), "--base", str(TINY_V01), "--train",
+                             "True", "--logdir", str(tmp_path / "logs"), "data.params.batch_size=two"], cwd=ROOT,
+                            env=script_env(), capture_output=True, text=True, timeout=COMMAND_LIMIT_S)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert error_lines(result.stderr) == ["error: data.params.batch_size='two' is a string; "
+                                          "sgm.data.video_dataset.VideoDataset expects an int"]
 
 
 @pytest.mark.parametrize("config_path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -409,7 +507,8 @@ def test_every_shipped_config_passes_the_key_and_type_checks(config_path: Path):
     from omegaconf import OmegaConf
 
     from sgm.config_check import check_node
-    from sgm.training import check_training_config, translate_trainer_options
+    from sgm.training import translate_trainer_options
+    from sgm.training_config import check_training_config
 
     config = load_config(config_path)
     if "lightning" in config:
@@ -423,26 +522,15 @@ def test_every_shipped_config_passes_the_key_and_type_checks(config_path: Path):
 
 
 def test_instantiate_from_config_names_an_unknown_key():
+    from sgm.util import ConfigError
+
     node = {"target": "sgm.callbacks.ImageLogger", "params": {"batch_frequency": 2, "max_image": 4}}
     with pytest.raises(ConfigError, match=r"params\.max_image is not a parameter of sgm\.callbacks\.ImageLogger; "
-                                             r"did you mean params\.max_images\?"):
+                                          r"did you mean params\.max_images\?"):
         instantiate_from_config(node)
 
 
-@pytest.mark.slow
-def test_train_script_exits_2_with_one_line_for_a_wrong_value(tmp_path: Path):
-    result = subprocess.run([sys.executable, str(ROOT / "train_ddp_spawn.py"), "--base", str(TINY_V01), "--train",
-                             "True", "--logdir", str(tmp_path / "logs"), "data.params.batch_size=two"], cwd=ROOT,
-                            env=script_env(), capture_output=True, text=True, timeout=COMMAND_LIMIT_S)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: data.params.batch_size='two' is a string; sgm.data.video_dataset.VideoDataset expects "
-                      "an int"]
-
-
-def test_a_dataset_whose_every_object_is_bad_is_a_named_error(orbit_folder: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture):
+def test_a_dataset_whose_every_object_is_bad_is_a_named_error(orbit_folder: Path, tmp_path: Path, script_main):
     bad = tmp_path / "bad"
     good = next(orbit_folder.iterdir())
     for name, count in (("few_a", 3), ("few_b", 10)):  # wrong number of views
@@ -451,15 +539,12 @@ def test_a_dataset_whose_every_object_is_bad_is_a_named_error(orbit_folder: Path
             shutil.copy(view, bad / name / view.name)
     shutil.copytree(good, bad / "corrupt")  # 96 views, one unreadable
     sorted((bad / "corrupt").iterdir())[5].write_bytes(b"not a png")
-    argv = ["--base", str(TINY_V01), "--train", "True", "--logdir", str(tmp_path / "logs"), *QUIET,
-            f"data.params.base_folder={bad}", "data.params.width=32", "data.params.height=32"]
-    with pytest.raises(SystemExit) as exited:
-        run_main(lambda: train_ddp_spawn.main(argv))
-    assert exited.value.code == 2
-    stderr = capsys.readouterr().err
-    assert f"error: no usable object folder in {bad} (3 object folders, none usable: 1 with an unreadable PNG file, " \
-           "2 with the wrong number of PNG files (corrupt: cannot open" in stderr, stderr[-3000:]
-    assert "few_a: has 3 PNG files, expected 96; few_b: has 10 PNG files, expected 96)" in stderr
+    code, stderr = script_main(script_args(orbit_folder, tmp_path / "logs", f"data.params.base_folder={bad}"))
+    assert code == 2, stderr[-3000:]
+    (line,) = error_lines(stderr)
+    assert line.startswith(f"error: no usable object folder in {bad} (3 object folders, none usable: 1 with an "
+                           "unreadable PNG file, 2 with the wrong number of PNG files (corrupt: cannot open"), line
+    assert "few_a: has 3 PNG files, expected 96; few_b: has 10 PNG files, expected 96)" in line
     assert "Traceback" not in stderr
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir()), \
         "a run that wrote nothing leaves no run folder"

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..stop_signals import ignore_stop_signals
 from ..util import ConfigError
 
 log = logging.getLogger(__name__)
@@ -425,8 +426,9 @@ class VideoDataset(pl.LightningDataModule):
         world_size, rank = distributed_layout(self.trainer)
         sampler = EpochSeededSampler(self.train_dataset, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=self.seed)
+        # the workers outlive SIGTERM / SIGINT so that training can save and stop (sgm.stop_signals)
         return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=False)
+                          num_workers=self.num_workers, drop_last=False, worker_init_fn=ignore_stop_signals)
 
     def eval_dataloader(self) -> DataLoader:
         """Batches of the eval images (see :class:`EvalImageFolder`)."""
