@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -152,6 +153,10 @@ class LastCheckpoint(Checkpoint):
         # state saved after the last batch into the next epoch exactly, while one saved in
         # on_train_epoch_end (as Lightning's ModelCheckpoint does) resumes with one batch of the
         # next epoch skipped and its epoch counter one behind.
+        if signum and trainer.is_global_zero:
+            log.warning("%s received: training stops at global step %d, after saving %s%s", signal_name(signum),
+                        trainer.global_step, self.path, " (Ctrl-C again stops at once, without saving)"
+                        if signum == signal.SIGINT else "")
         if signum or due or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.save(trainer)
         if signum:

@@ -58,9 +58,14 @@ class ContinuingCSVLogger(CSVLogger):
         return self._experiment
 
 
+def tensorboard_installed() -> bool:
+    """Whether ``tensorboard`` or ``tensorboardX`` is installed (Lightning's TensorBoard logger needs one)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+
+
 def metrics_logger(logdir: str | Path) -> pl.loggers.Logger:
-    """TensorBoard (``logdir/tensorboard/``) when ``tensorboard`` or ``tensorboardX`` is installed, else
-    CSV (``logdir/csv/metrics.csv``); both continue the history of a resumed run."""
-    if any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")):
+    """TensorBoard (``logdir/tensorboard/``) when :func:`tensorboard_installed`, else CSV
+    (``logdir/csv/metrics.csv``); both continue the history of a resumed run."""
+    if tensorboard_installed():
         return TensorBoardLogger(save_dir=str(logdir), name="tensorboard", version="")
     return ContinuingCSVLogger(save_dir=str(logdir), name="csv", version="")

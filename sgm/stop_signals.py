@@ -20,13 +20,10 @@ training process ends its workers itself.
 """
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from types import FrameType
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -48,27 +45,25 @@ def ignore_stop_signals(worker_id: int) -> None:
 class StopRequest:
     """Records the first SIGTERM / SIGINT while installed (main thread only).
 
+    The handler only stores the signal number (no I/O, no locks: it may interrupt any code,
+    a write to stderr included); whoever reads :attr:`signal` reports it.
+
     Attributes:
         signal: number of the first signal received, or None.
-        installed: whether the handlers are in place.
     """
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
-        self.installed = False
 
-    def install(self) -> bool:
-        """Take over SIGTERM and SIGINT; False (nothing done) outside the main thread, where
-        Python cannot set signal handlers."""
-        if threading.current_thread() is not threading.main_thread() or self.installed:
-            return False
+    def install(self) -> None:
+        """Take over SIGTERM and SIGINT (not one that is ignored, like SIGINT of a background job);
+        nothing outside the main thread, where Python cannot set signal handlers."""
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
         for signum in STOP_SIGNALS:
-            if signal.getsignal(signum) is signal.SIG_IGN:  # e.g. SIGINT of a background job: stays ignored
-                continue
-            self._previous[signum] = signal.signal(signum, self._handle)
-        self.installed = True
-        return True
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
         """Give SIGTERM and SIGINT back to the handlers they had before :meth:`install`."""
@@ -77,16 +72,10 @@ class StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
-        self.installed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is None:
             self.signal = signum
-            log.warning("%s received: training stops after the current step, once last.ckpt is saved%s",
-                        signal_name(signum), " (Ctrl-C again to stop at once, without saving)"
-                        if signum == signal.SIGINT else "")
-            return
-        if signum == signal.SIGINT:
+        elif signum == signal.SIGINT:  # Ctrl-C again: stop at once
             self.restore()
             raise KeyboardInterrupt
-        log.warning("%s received again: still stopping after the current step", signal_name(signum))

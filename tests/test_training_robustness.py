@@ -15,6 +15,7 @@ rank, and one exit code are checked on the real script in a subprocess.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -49,6 +50,16 @@ COMMAND_LIMIT_S = 240.0
 # every step is saved, odd ones by the clock alone, and a kill likely comes during a save).
 SHORT_INTERVAL_MIN = 0.002
 QUIET = ["lightning.callbacks.image_logger.params.disabled=true"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The in-process runs on one thread: on 2 shared cores, two threads that wait for each other make a
+    tiny step several times slower (the subprocess runs get OMP_NUM_THREADS=1 from script_env)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class StepProbe(pl.Callback):
@@ -145,10 +156,17 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
+# Starts a command with SIGINT handled as usual, also where pytest runs as a background job (which
+# ignores SIGINT, and its children would inherit that).
+WITH_CTRL_C = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
 def start_script(args: list[str], env: dict) -> subprocess.Popen:
     """``train_ddp_spawn.py`` in its own session (so a hanging run can be killed as a whole)."""
-    return subprocess.Popen([sys.executable, str(ROOT / "train_ddp_spawn.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, str(ROOT / "train_ddp_spawn.py"), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, limit_s: float = COMMAND_LIMIT_S) -> tuple[str, str]:
@@ -271,6 +289,7 @@ def test_a_stop_signal_saves_last_checkpoint_and_exits_128_plus_its_number(
         orbit_folder: Path, tmp_path: Path, script_main, ctrl_c_enabled, signum: int):
     """The signal reaches the process and its DataLoader worker at step 3, in the middle of epoch 1."""
     logs = tmp_path / "logs"
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
     code, stderr = script_main(script_args(orbit_folder, logs, "--max_steps", "1000", "data.params.num_workers=1",
                                            *callback("signal", "SignalAtStep", signum=int(signum), step=3)))
     logdir = only_run_folder(logs)
@@ -280,24 +299,31 @@ def test_a_stop_signal_saves_last_checkpoint_and_exits_128_plus_its_number(
     assert "Traceback" not in stderr
     assert saved_step(logdir / "checkpoints" / "last.ckpt") == 3
     assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert signal.getsignal(signum) is {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}[
-        signum], "the handler of before training must be back"
+    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == handlers, \
+        "the handlers of before training must be back"
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_ddp_rank_saves_and_stops_every_rank(orbit_folder: Path, tmp_path: Path):
-    """The signal reaches the child rank only (``kill <pid>``); both ranks agree at the next step,
-    save together and stop; the run exits 143 and no rank is left."""
+@pytest.mark.parametrize("signum, to", [(signal.SIGTERM, "rank 1"), (signal.SIGINT, "every process")],
+                         ids=["SIGTERM_to_the_child_rank", "SIGINT_to_every_process"])
+def test_a_stop_signal_to_a_ddp_run_saves_and_stops_every_rank(orbit_folder: Path, tmp_path: Path, signum: int,
+                                                               to: str):
+    """``kill <pid>`` of the child rank: only that rank gets the signal; Ctrl-C in a terminal: every
+    process of the run (both ranks, their DataLoader workers). The ranks agree at the next step, save
+    together and stop; the command exits 128 + the signal number and no rank is left."""
     logs, out = tmp_path / "logs", tmp_path / "out"
     proc = start_script(script_args(orbit_folder, logs, "--accelerator", "cpu", "--devices", "2",
-                                    "lightning.trainer.strategy=ddp", "--max_steps", "1000",
+                                    "lightning.trainer.strategy=ddp", "--max_steps", "1000", "data.params.num_workers=1",
                                     *callback("probe", "StepProbe", out_dir=out)), script_env())
     wait_until(lambda: (read_int(out / "step-rank1") or 0) >= 1, proc, "a training step of rank 1")
     pids = [read_int(out / f"pid-rank{rank}") for rank in range(2)]
-    os.kill(pids[1], signal.SIGTERM)
+    if to == "rank 1":
+        os.kill(pids[1], signum)
+    else:
+        os.killpg(proc.pid, signum)
     stdout, stderr = finish(proc, limit_s=120.0)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-5000:]
-    match = re.search(r"training stopped by SIGTERM at global step (\d+)", stderr)
+    assert proc.returncode == 128 + signum, stderr[-5000:]
+    match = re.search(rf"training stopped by {signum.name} at global step (\d+)", stderr)
     assert match and "Traceback" not in stderr, stderr[-5000:]
     stopped_at = int(match.group(1))
     assert [read_int(out / f"step-rank{rank}") for rank in range(2)] == [stopped_at, stopped_at]
@@ -378,7 +404,9 @@ def resume(logdir: Path, max_steps: int) -> None:
     run(TrainOptions(resume=str(logdir), train=True, no_test=True, overrides=QUIET, max_steps=max_steps))
 
 
-def test_resume_keeps_the_csv_history(orbit_folder: Path, tmp_path: Path):
+def test_resume_keeps_the_csv_history(orbit_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if importlib.util.find_spec("tensorboard") is not None:  # runs log to CSV only where tensorboard is missing
+        monkeypatch.setattr("sgm.metrics_logs.tensorboard_installed", lambda: False)
     run(options(orbit_folder, tmp_path / "logs", max_steps=2))
     logdir = only_run_folder(tmp_path / "logs")
     metrics = logdir / "csv" / "metrics.csv"
@@ -460,6 +488,8 @@ def no_model_build(monkeypatch: pytest.MonkeyPatch) -> None:
      "or null"),
     ("lightning.modelcheckpoint.params.every_minutes=0",
      "lightning.modelcheckpoint.params.every_minutes=0: expected a positive number of minutes"),
+    ("lightning.trainer=[1]", "bad override 'lightning.trainer=[1]': expected key=value with a value that fits the "
+                              "config there"),
     ("data.params.batch_sise=2", "data.params.batch_sise is not a parameter of sgm.data.video_dataset.VideoDataset; "
                                  "did you mean data.params.batch_size?"),
     ("model.params.network_config.params.model_channel=8",
@@ -478,7 +508,7 @@ def no_model_build(monkeypatch: pytest.MonkeyPatch) -> None:
      "lightning.modelcheckpoint.params.every_minutes?"),
     ("lightnig.trainer.max_steps=3", "lightnig is not a section of a training config; did you mean lightning?"),
 ], ids=["max_steps=abc", "batch_size=two", "base_learning_rate=fast", "every_minutes=soon", "every_minutes=0",
-        "typo_data_key", "typo_nested_model_key", "typo_model_node_key", "typo_trainer_key", "typo_callback_key",
+        "trainer=list", "typo_data_key", "typo_nested_model_key", "typo_model_node_key", "typo_trainer_key", "typo_callback_key",
         "typo_modelcheckpoint_key", "typo_section"])
 def test_a_config_mistake_is_one_named_error_line_with_exit_code_2(
         orbit_folder: Path, tmp_path: Path, script_main, no_model_build, override: str, message: str):
