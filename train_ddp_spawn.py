@@ -8,13 +8,17 @@ Examples:
 
 Trailing ``key=value`` arguments override config entries (OmegaConf dot-list). See
 :mod:`sgm.training` for the config sections, the translated official keys and the run folder.
+
+Exit codes: 0 done; 2 a user error (a config key or value, a missing file: one line on stderr);
+128 + N stopped by signal N (SIGTERM 143, SIGINT 130) after saving ``last.ckpt``; 1 anything else.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sgm.cli import run_main
-from sgm.training import TrainOptions, run
+from sgm.training import TrainOptions, exit_code_after_fit, run
 
 
 def str2bool(value: str | bool) -> bool:
@@ -62,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
 
 
 def main() -> None:
-    run(parse_args())
+    """Train; a run stopped by SIGTERM / SIGINT (after saving last.ckpt) exits with 128 + the signal number."""
+    code = exit_code_after_fit(run(parse_args()))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

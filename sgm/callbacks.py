@@ -1,12 +1,15 @@
-"""Training callbacks: run-folder setup and periodic image/video logging.
+"""Training callbacks: run-folder setup, the resumable ``last.ckpt`` and periodic image/video logging.
 
 ``ImageLogger`` is also reachable under the official name ``vtdm.callbacks.ImageLogger``
-(see :data:`sgm.util.TARGET_ALIASES`).
+(see :data:`sgm.targets.TARGET_ALIASES`).
 """
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +17,22 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from torchvision.utils import make_grid
 
+from . import atomic_checkpoint
 from .common.video_io import write_mp4
+from .stop_signals import StopRequest, signal_name
 from .util import ConfigError
 
 log = logging.getLogger(__name__)
 
 VIDEO_FPS = 6
+LAST_CHECKPOINT = "last.ckpt"
+# Where LastCheckpoint's parameters live in a training config (for messages).
+LAST_CHECKPOINT_KEY = "lightning.modelcheckpoint.params"
+DEFAULT_EVERY_MINUTES = 10.0
 
 
 class ImageLoggerError(ConfigError):
@@ -54,6 +65,162 @@ class SetupCallback(pl.Callback):
         path = self.cfgdir / f"{self.now}-project.yaml"
         OmegaConf.save(self.config, path)
         log.info("project config saved to %s", path)
+
+
+def check_every_minutes(value: object) -> float | None:
+    """``every_minutes`` as a float: a positive finite number of minutes, or None (no periodic save).
+
+    Raises:
+        ConfigError: naming ``lightning.modelcheckpoint.params.every_minutes``, the value and what is expected.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{LAST_CHECKPOINT_KEY}.every_minutes={value!r}: expected a positive number of minutes "
+                          f"(wall time between saves of {LAST_CHECKPOINT}, default {DEFAULT_EVERY_MINUTES:g}), or "
+                          "null for saves at epoch ends only")
+    return float(value)
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps ``<dirpath>/last.ckpt`` (the full training state, resumable with ``--resume``) current.
+
+    It is saved:
+
+    - at the end of every training epoch and when training ends;
+    - every ``every_minutes`` minutes of wall time (measured on global rank 0 since the last
+      save, looked at after each optimizer step, so a save comes at most one step late);
+    - when the process receives SIGTERM or SIGINT (:class:`~sgm.stop_signals.StopRequest`): at the
+      end of the current step; then training stops (:attr:`stopped_by`, :attr:`stopped_at_step`).
+
+    Every save replaces ``last.ckpt`` atomically (:mod:`sgm.atomic_checkpoint`): a process killed
+    at any moment, even during a save, leaves the previous complete checkpoint. A DeepSpeed
+    checkpoint (a folder) is handled as well.
+
+    Multi-process runs: after each optimizer step every rank joins one small all-reduce (max)
+    of (signal number, rank 0's "interval elapsed"), so all ranks agree on whether to save and stop
+    at the same step, whichever rank received the signal (a terminal's Ctrl-C reaches every rank,
+    ``kill`` only one, a scheduler's preemption all of them). The signal handler itself only records
+    the signal: no collective runs inside it, so it cannot deadlock against one in progress.
+
+    A :class:`~pytorch_lightning.callbacks.Checkpoint`, so Lightning adds no default checkpoint
+    callback of its own, and runs it after the other callbacks (their state is saved up to date).
+
+    Args:
+        dirpath: checkpoint folder (the run's ``checkpoints/``).
+        every_minutes: wall-clock minutes between periodic saves; None: no periodic saves.
+        save_last: False: never write ``last.ckpt`` (benchmarks); a signal still stops training.
+    """
+
+    def __init__(self, dirpath: str | Path, every_minutes: float | None = DEFAULT_EVERY_MINUTES,
+                 save_last: bool = True):
+        super().__init__()
+        self.dirpath = Path(dirpath)
+        self.every_minutes = check_every_minutes(every_minutes)
+        self.save_last = save_last
+        self.stop = StopRequest()
+        self.stopped_by: int | None = None
+        self.stopped_at_step: int | None = None
+        self.saved_step: int | None = None
+        self._checked_step: int | None = None
+        self._last_save = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / LAST_CHECKPOINT
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Rank 0's folder for every rank: ranks started by torchrun / SLURM plan their run folders
+        # on their own (a DeepSpeed checkpoint is written by every rank).
+        self.dirpath = Path(trainer.strategy.broadcast(str(self.dirpath)))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning registered its own SIGTERM handler (which runs a collective inside the
+        # handler and ends without a checkpoint): ours replaces it while training runs.
+        self.stop.install()
+        self._last_save = time.monotonic()
+        self._checked_step = trainer.global_step
+        self.saved_step = trainer.global_step  # what a resumed run started from is saved already
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self._checked_step:
+            return  # no optimizer step in this batch (gradient accumulation): nothing new to save
+        self._checked_step = trainer.global_step
+        signum, due = self._agree(trainer)
+        # The epoch's last step is saved here rather than in on_train_epoch_end: Lightning resumes a
+        # state saved after the last batch into the next epoch exactly, while one saved in
+        # on_train_epoch_end (as Lightning's ModelCheckpoint does) resumes with one batch of the
+        # next epoch skipped and its epoch counter one behind.
+        if signum and trainer.is_global_zero:
+            log.warning("%s received: training stops at global step %d, after saving %s%s", signal_name(signum),
+                        trainer.global_step, self.path, " (Ctrl-C again stops at once, without saving)"
+                        if signum == signal.SIGINT else "")
+        if signum or due or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.save(trainer)
+        if signum:
+            self.stopped_by, self.stopped_at_step = signum, trainer.global_step
+            self._request_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)  # normally saved at the epoch's last step already (see on_train_batch_end)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+        self.stop.restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.stop.restore()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.stop.restore()
+
+    # ------------------------------------------------------------------ decisions
+    def _agree(self, trainer: pl.Trainer) -> tuple[int, bool]:
+        """(signal number received by any rank or 0, whether rank 0's save interval has elapsed)."""
+        due = (self.every_minutes is not None and trainer.is_global_zero
+               and time.monotonic() - self._last_save >= 60.0 * self.every_minutes)
+        flags = torch.tensor([self.stop.signal or 0, int(due)], device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        return int(flags[0]), bool(flags[1])
+
+    @staticmethod
+    def _request_stop(trainer: pl.Trainer) -> None:
+        """End fitting after this step; a signal overrides ``min_steps`` / ``min_epochs``."""
+        trainer.fit_loop.min_epochs = None
+        trainer.fit_loop.epoch_loop.min_steps = None
+        trainer.should_stop = True
+
+    # ------------------------------------------------------------------ saving
+    def save(self, trainer: pl.Trainer) -> None:
+        """Save ``last.ckpt`` atomically (every rank calls this at the same step); no-op when this
+        step is saved already or the trainer is not fitting."""
+        if (not self.save_last or trainer.global_step == self.saved_step or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
+            return
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            atomic_checkpoint.prepare(self.path)
+        trainer.strategy.barrier("last-checkpoint-prepare")
+        started = time.monotonic()
+        # every rank (DeepSpeed writes its part); the full state, so that --resume continues it; ends with a barrier
+        trainer.save_checkpoint(atomic_checkpoint.partial_path(self.path), weights_only=False)
+        if trainer.is_global_zero:
+            atomic_checkpoint.commit(self.path)
+        trainer.strategy.barrier("last-checkpoint-commit")
+        self.saved_step = trainer.global_step
+        self._last_save = time.monotonic()
+        log.info("saved %s at global step %d in %.1f s", self.path, trainer.global_step, self._last_save - started)
+
+    def stop_message(self, logdir: str | Path) -> str:
+        """What to tell the user after a signal stopped training."""
+        stopped = f"training stopped by {signal_name(self.stopped_by)} at global step {self.stopped_at_step}"
+        if not self.save_last:
+            return f"{stopped}; nothing was saved ({LAST_CHECKPOINT_KEY}.save_last is false)"
+        return (f"{stopped}; {self.path} holds that step: continue with python train_ddp_spawn.py --resume {logdir} "
+                "--train True")
 
 
 def to_uint8(images: torch.Tensor, clamp: bool) -> torch.Tensor:

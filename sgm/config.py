@@ -29,7 +29,8 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
 
     Raises:
         FileNotFoundError: naming a missing file.
-        ConfigError: for unparsable YAML, bad overrides or a missing ``model`` node.
+        ConfigError: for unparsable YAML, files that do not merge, bad overrides (named) or a missing
+            ``model`` node.
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
@@ -44,10 +45,15 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: Sequence[st
         except Exception as err:
             raise ConfigError(f"cannot parse config {path}: {err}") from err
     try:
-        parts.append(OmegaConf.from_dotlist(list(overrides)))
-    except Exception as err:
-        raise ConfigError(f"bad override in {list(overrides)}: expected key=value ({err})") from err
-    config = OmegaConf.merge(*parts)
+        config = OmegaConf.merge(*parts)
+    except Exception as err:  # e.g. a mapping where an earlier file has a list
+        raise ConfigError(f"cannot merge {', '.join(str(p) for p in paths)}: {type(err).__name__}: {err}") from None
+    for override in overrides:  # one at a time, so that an error names the override
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+        except Exception as err:  # not key=value, or a value that does not fit there ("lightning.trainer=[1]")
+            raise ConfigError(f"bad override {override!r}: expected key=value with a value that fits the config "
+                              f"there ({type(err).__name__}: {err})") from None
     validate_model_node(config, source=", ".join(str(p) for p in paths))
     return config
 

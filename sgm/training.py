@@ -14,13 +14,22 @@ node) and ``lightning``:
 - ``lightning.callbacks``: named callback nodes (``target``/``params``; official ``vtdm.*`` names
   resolve). A ``ModelCheckpoint`` node without ``dirpath`` saves full states into
   ``logdir/checkpoints/trainstep_checkpoints/{epoch:06}-{step:09}.ckpt`` and keeps them all.
-- ``lightning.modelcheckpoint.params``: overrides of the built-in checkpoint that writes
-  ``logdir/checkpoints/last.ckpt`` (full state, resumable) at every epoch end and when
-  training stops.
+- ``lightning.modelcheckpoint.params``: parameters of the built-in checkpoint
+  (:class:`~sgm.callbacks.LastCheckpoint`) that keeps ``logdir/checkpoints/last.ckpt`` (full
+  state, resumable) current: saved at every epoch end, every ``every_minutes`` minutes of wall
+  time (default 10; null: off), when SIGTERM or SIGINT arrives (then training stops, exit code
+  128 + the signal number) and when training ends; always replaced atomically, so a run killed
+  at any moment keeps a complete one. ``save_last: false`` writes no ``last.ckpt`` at all.
 
-Run folder ``logdir``: ``configs/<time>-project.yaml`` (merged config), ``checkpoints/``,
-``image_log/train/``, and the metrics logger's folder (``tensorboard/`` when tensorboard is
-installed, else ``csv/metrics.csv``).
+Before anything is built, the config's keys and value types are checked against the signatures of
+the classes it names (:mod:`sgm.training_config`): a typo'd key or a value of the wrong type is a
+:class:`~sgm.util.ConfigError` naming the key path, the value and the expected type.
+
+Run folder ``logdir``: ``<logdir>/<time>_<name>`` for a fresh run, claimed so that two runs never
+share one (:mod:`sgm.run_folder`); ``configs/<time>-project.yaml`` (merged config, one per start),
+``checkpoints/``, ``image_log/train/``, and the metrics logger's folder (``tensorboard/`` when
+tensorboard is installed, else ``csv/metrics.csv``), continued by a resumed run
+(:mod:`sgm.metrics_logs`).
 
 Learning rate: ``base_learning_rate`` times ``world size x accumulate_grad_batches x batch
 size`` when ``scale_lr`` (the official default), else ``base_learning_rate``.
@@ -33,11 +42,11 @@ ranks. The data are seeded by ``data.params.seed`` independently of the rank.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +54,26 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.strategies import DeepSpeedStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from .callbacks import SetupCallback
+from . import atomic_checkpoint, run_folder
+from .callbacks import LAST_CHECKPOINT, LastCheckpoint, SetupCallback
 from .config import build_model, load_config
+from .config_check import check_keywords, check_value, signature_of
 from .distributed_faults import RankFailureGuard, watch_ranks
+from .metrics_logs import metrics_logger
+from .training_config import check_training_config
 from .util import ConfigError, instantiate_from_config
 from .zero_checkpoint import is_zero_checkpoint, saved_world_size
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "deepspeed_stage_2")
 PRECISIONS = {"16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
               "32": "32-true", "32-true": "32-true"}
-LIGHTNING_SECTIONS = ("trainer", "callbacks", "modelcheckpoint")
-# Environment variable that carries the run timestamp to the processes Lightning's DDP launcher starts.
-RUN_TIMESTAMP_ENV = "HI3D_RUN_TIMESTAMP"
-LAST_CHECKPOINT = "last.ckpt"
+# Trainer arguments that build_trainer sets, not the config.
+TRAINER_ARGUMENTS_SET_HERE = ("logger", "callbacks", "default_root_dir")
 
 
 class TrainingConfigError(ConfigError):
@@ -111,7 +121,8 @@ def _translate_refresh_rate(options: dict) -> None:
     if "log_every_n_steps" in options:
         raise TrainingConfigError("lightning.trainer has both logger_refresh_rate (Lightning 1.x) and "
                                   "log_every_n_steps; keep log_every_n_steps only")
-    options["log_every_n_steps"] = int(rate)
+    check_value("lightning.trainer.logger_refresh_rate", rate, int, "pytorch_lightning.Trainer (as log_every_n_steps)")
+    options["log_every_n_steps"] = rate
     rank_zero_info(f"lightning.trainer.logger_refresh_rate={rate} translated to log_every_n_steps={rate}")
 
 
@@ -142,7 +153,8 @@ def translate_trainer_options(trainer_config: Mapping, has_validation: bool) -> 
     """Lightning 2 ``Trainer`` keyword arguments from ``lightning.trainer`` (see the module docstring).
 
     Raises:
-        TrainingConfigError: naming the key that cannot be honoured.
+        TrainingConfigError: naming the key that cannot be honoured, is not a Trainer argument (with
+            the closest one) or has a value of a type the argument does not accept.
     """
     options = dict(trainer_config)
     if "gpus" in options:
@@ -156,11 +168,10 @@ def translate_trainer_options(trainer_config: Mapping, has_validation: bool) -> 
         options["devices"] = parse_devices(options["devices"])
     _check_strategy(options)
     _map_precision(options)
-    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks",
-                                                                         "default_root_dir"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise TrainingConfigError(f"lightning.trainer keys {unknown} are not Lightning 2 Trainer arguments")
+    try:
+        check_keywords(signature_of(pl.Trainer).without(*TRAINER_ARGUMENTS_SET_HERE), options, "lightning.trainer")
+    except ConfigError as err:
+        raise TrainingConfigError(str(err)) from None
     return options
 
 
@@ -172,10 +183,14 @@ def _step_checkpoint_defaults(ckptdir: Path) -> dict:
     return {"dirpath": str(ckptdir / "trainstep_checkpoints"), "filename": "{epoch:06}-{step:09}", "save_top_k": -1}
 
 
-def last_checkpoint_callback(ckptdir: Path, overrides: Mapping | None) -> ModelCheckpoint:
-    """The built-in checkpoint: ``ckptdir/last.ckpt`` (full state) at epoch ends and at the end of training."""
-    params = {"dirpath": str(ckptdir), "save_last": True, "save_top_k": 0, **dict(overrides or {})}
-    return ModelCheckpoint(**params)
+def last_checkpoint_callback(ckptdir: Path, params: Mapping | None) -> LastCheckpoint:
+    """The built-in checkpoint (:class:`~sgm.callbacks.LastCheckpoint`): ``ckptdir/last.ckpt`` at epoch
+    ends, every ``every_minutes`` minutes of wall time, on SIGTERM / SIGINT and when training ends.
+
+    Args:
+        params: ``lightning.modelcheckpoint.params`` (checked by :func:`~sgm.training_config.check_training_config`).
+    """
+    return LastCheckpoint(ckptdir, **dict(params or {}))
 
 
 def rank_seed(seed: int, rank: int, global_step: int) -> int:
@@ -211,13 +226,6 @@ def config_callbacks(nodes: Mapping, ckptdir: Path) -> list[pl.Callback]:
     return callbacks
 
 
-def metrics_logger(logdir: Path) -> pl.loggers.Logger:
-    """TensorBoard when ``tensorboard`` or ``tensorboardX`` is installed, else CSV."""
-    if any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")):
-        return TensorBoardLogger(save_dir=str(logdir), name="tensorboard", version="")
-    return CSVLogger(save_dir=str(logdir), name="csv", version="")
-
-
 # ----------------------------------------------------------------------------------------
 # Runs
 
@@ -242,11 +250,23 @@ class TrainOptions:
 
 @dataclass
 class RunFolders:
-    """The run folder and its sub-folders; ``checkpoint`` is the state to resume from, if any."""
+    """The run folder and its sub-folders; ``checkpoint`` is the state to resume from, if any.
+
+    Attributes:
+        logdir: the run folder (for a fresh run of a launching process, the name it will try
+            first: :func:`claim_run_folder` makes it unique).
+        now: the run stamp (in the folder name of a fresh run and in its saved config's name).
+        to_claim: a fresh run of the launching process: the folder is claimed later.
+        claimed: this process created the folder (removed again if the run writes nothing).
+        name: the run name (folder name after the stamp).
+    """
 
     logdir: Path
     now: str
     checkpoint: Path | None = None
+    to_claim: bool = False
+    claimed: bool = False
+    name: str = ""
 
     @property
     def ckptdir(self) -> Path:
@@ -255,13 +275,6 @@ class RunFolders:
     @property
     def cfgdir(self) -> Path:
         return self.logdir / "configs"
-
-
-def run_timestamp() -> str:
-    """This run's timestamp, shared with the DDP worker processes through the environment."""
-    if RUN_TIMESTAMP_ENV not in os.environ:
-        os.environ[RUN_TIMESTAMP_ENV] = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    return os.environ[RUN_TIMESTAMP_ENV]
 
 
 def resolve_resume(resume: str | Path) -> tuple[Path, Path]:
@@ -286,10 +299,28 @@ def resolve_resume(resume: str | Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"--resume {path}: no such file or folder")
 
 
+def recover_last_checkpoint(resume: str | Path) -> None:
+    """Finish a replacement of ``last.ckpt`` that a killed run left halfway (:mod:`sgm.atomic_checkpoint`),
+    so that ``--resume`` finds the newest complete checkpoint. ``resume``: a run folder or a checkpoint path."""
+    path = Path(resume)
+    if path.is_dir() and path.suffix != ".ckpt":
+        path = path / "checkpoints" / LAST_CHECKPOINT
+    if path.parent.is_dir():
+        atomic_checkpoint.recover(path)
+
+
 def plan_run(options: TrainOptions) -> tuple[RunFolders, list[str]]:
-    """The run folders and the config files to merge (saved configs of a resumed run come first)."""
-    now = run_timestamp()
+    """The run folders and the config files to merge (saved configs of a resumed run come first).
+
+    A DDP child rank (started by Lightning's launcher) takes its launching process's stamp and folder
+    (:func:`sgm.run_folder.inherited_stamp`); only the launching process of rank 0 claims a fresh
+    folder or repairs an interrupted save."""
+    inherited = run_folder.inherited_stamp()
+    now = inherited or run_folder.new_timestamp()
+    launching = inherited is None and run_folder.external_rank() == 0
     if options.resume:
+        if launching:
+            recover_last_checkpoint(options.resume)
         logdir, checkpoint = resolve_resume(options.resume)
         saved = sorted(str(p) for p in (logdir / "configs").glob("*.yaml"))
         if not saved and not options.base:
@@ -298,7 +329,31 @@ def plan_run(options: TrainOptions) -> tuple[RunFolders, list[str]]:
     if not options.base:
         raise TrainingConfigError("no config: pass --base CONFIG.yaml (or --resume a run)")
     name = options.name or Path(options.base[0]).stem
-    return RunFolders(Path(options.logdir) / f"{now}_{name}", now), list(options.base)
+    logdir = Path(options.logdir) / run_folder.folder_name(now, name)
+    return RunFolders(logdir, now, to_claim=launching, name=name), list(options.base)
+
+
+def claim_run_folder(folders: RunFolders) -> RunFolders:
+    """Create a fresh run's folder under a name no other run has (:func:`sgm.run_folder.claim`)."""
+    if not folders.to_claim:
+        return folders
+    logdir, stamp = run_folder.claim(folders.logdir.parent, folders.now, folders.name)
+    return replace(folders, logdir=logdir, now=stamp, to_claim=False, claimed=True)
+
+
+@contextmanager
+def run_folder_in_use(folders: RunFolders) -> Iterator[RunFolders]:
+    """The run folder while the trainer is built and fits: a fresh run's folder is claimed
+    (:func:`claim_run_folder`) and removed again if the block ends without a file written in it;
+    DDP child ranks that the block starts take this process's stamp, and so its folder."""
+    launching = run_folder.inherited_stamp() is None
+    folders = claim_run_folder(folders)
+    try:
+        with run_folder.handed_down(folders.now) if launching else nullcontext():
+            yield folders
+    finally:
+        if folders.claimed:
+            run_folder.release_if_unused(folders.logdir)
 
 
 def apply_cli(trainer_options: dict, options: TrainOptions) -> dict:
@@ -370,9 +425,6 @@ def check_resume(checkpoint: Path, deepspeed: bool, world_size: int) -> None:
 def build_trainer(config: DictConfig, folders: RunFolders, options: TrainOptions, has_validation: bool) -> pl.Trainer:
     """The Trainer of ``config.lightning`` with the run's callbacks and logger."""
     lightning = OmegaConf.to_container(config.get("lightning") or OmegaConf.create(), resolve=True)
-    unknown = sorted(set(lightning) - set(LIGHTNING_SECTIONS))
-    if unknown:
-        raise TrainingConfigError(f"lightning sections {unknown} are not supported (known: {LIGHTNING_SECTIONS})")
     trainer_options = apply_cli(translate_trainer_options(lightning.get("trainer") or {}, has_validation), options)
     callbacks = [
         SetupCallback(folders.logdir, folders.ckptdir, folders.cfgdir, config, folders.now),
@@ -392,12 +444,9 @@ def scaled_learning_rate(base_lr: float, batch_size: int, world_size: int, accum
 
 
 def set_learning_rate(model: pl.LightningModule, config: DictConfig, trainer: pl.Trainer, scale_lr: bool) -> float:
-    """Set ``model.learning_rate`` from ``model.base_learning_rate`` and the batch layout."""
-    if config.model.get("base_learning_rate") is None:
-        raise TrainingConfigError("model.base_learning_rate is missing")
-    if config.get("data") is None or config.data.get("params", {}).get("batch_size") is None:
-        raise TrainingConfigError("data.params.batch_size is missing")
-    base_lr, batch_size = float(config.model.base_learning_rate), int(config.data.params.batch_size)
+    """Set ``model.learning_rate`` from ``model.base_learning_rate`` and the batch layout (both
+    checked by :func:`check_training_config`)."""
+    base_lr, batch_size = config.model.base_learning_rate, config.data.params.batch_size
     world_size = trainer.num_devices * trainer.num_nodes
     accumulate = trainer.accumulate_grad_batches
     model.learning_rate = scaled_learning_rate(base_lr, batch_size, world_size, accumulate, scale_lr)
@@ -419,13 +468,16 @@ def release_process_group() -> None:
 
 
 def run(options: TrainOptions) -> pl.Trainer:
-    """Build model, data and trainer from the options; fit when ``options.train``."""
+    """Build model, data and trainer from the options; fit when ``options.train``.
+
+    Every check that needs no model (config keys and types, trainer options, accelerator) runs
+    before the model is built and before anything is written (:func:`run_folder_in_use`).
+    """
     folders, base = plan_run(options)
     config = load_config(base, options.overrides)
-    if config.get("data") is None:
-        raise TrainingConfigError("the config has no 'data' section")
+    check_training_config(config)
     # Checked before the (slow) model build; the validation-step check waits for the model.
-    trainer_section = OmegaConf.to_container(config.get("lightning", {}).get("trainer") or {}, resolve=True)
+    trainer_section = OmegaConf.to_container((config.get("lightning") or {}).get("trainer") or {}, resolve=True)
     early_options = apply_cli(translate_trainer_options(trainer_section, has_validation=True), options)
     check_accelerator(early_options, torch.cuda.is_available())
     pl.seed_everything(options.seed, workers=True)
@@ -433,17 +485,35 @@ def run(options: TrainOptions) -> pl.Trainer:
         model = build_model(config)
     data = instantiate_from_config(config.data)
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
-    trainer = build_trainer(config, folders, options, has_validation)
-    set_learning_rate(model, config, trainer, options.scale_lr)
-    if folders.checkpoint is not None:
-        check_resume(folders.checkpoint, isinstance(trainer.strategy, DeepSpeedStrategy), trainer.world_size)
-    rank_zero_info(f"run folder: {folders.logdir}")
-    if options.train:
-        with watch_ranks(trainer):  # a failing rank ends every rank, with its error (sgm.distributed_faults)
-            trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
-            release_process_group()
-    else:
-        rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
+    with run_folder_in_use(folders) as folders:
+        trainer = build_trainer(config, folders, options, has_validation)
+        set_learning_rate(model, config, trainer, options.scale_lr)
+        if folders.checkpoint is not None:
+            check_resume(folders.checkpoint, isinstance(trainer.strategy, DeepSpeedStrategy), trainer.world_size)
+        rank_zero_info(f"run folder: {folders.logdir}")
+        if options.train:
+            with watch_ranks(trainer):  # a failing rank ends every rank, with its error (sgm.distributed_faults)
+                trainer.fit(model, datamodule=data, ckpt_path=str(folders.checkpoint) if folders.checkpoint else None)
+                release_process_group()
+        else:
+            rank_zero_warn("--train is False: model, data and trainer were built, nothing was trained")
     if not options.no_test and not is_overridden("test_step", model, pl.LightningModule):
         rank_zero_warn("the model has no test_step: the test phase is skipped (pass --no-test True to silence this)")
     return trainer
+
+
+def last_checkpoint_of(trainer: pl.Trainer) -> LastCheckpoint | None:
+    """The trainer's :class:`~sgm.callbacks.LastCheckpoint` callback, if any."""
+    return next((callback for callback in trainer.callbacks if isinstance(callback, LastCheckpoint)), None)
+
+
+def exit_code_after_fit(trainer: pl.Trainer) -> int:
+    """0, or ``128 + signal number`` when SIGTERM / SIGINT stopped training (the shell convention
+    for a process ended by that signal), after printing on stderr where the checkpoint is and how
+    to continue. Only global rank 0 reports it: the other ranks return 0, since a DDP child that
+    exits non-zero reads as a failed rank to its launching process (:mod:`sgm.distributed_faults`)."""
+    callback = last_checkpoint_of(trainer)
+    if callback is None or callback.stopped_by is None or not trainer.is_global_zero:
+        return 0
+    print(callback.stop_message(trainer.default_root_dir), file=sys.stderr, flush=True)
+    return 128 + callback.stopped_by

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from sgm.util import TARGET_ALIASES, ConfigError, get_obj_from_str, instantiate_from_config
+from sgm.targets import TARGET_ALIASES, get_obj_from_str
+from sgm.util import ConfigError, instantiate_from_config
 
 
 def test_instantiate_passes_params_and_overrides():

@@ -2,5 +2,5 @@
 
 User-facing errors (:mod:`.errors`), image and video files and pixel conversions
 (:mod:`.images`, :mod:`.video_io`), device resolution (:mod:`.devices`) and the progress
-callback type (:mod:`.progress`). It imports only :mod:`sgm.util` of this package.
+callback type (:mod:`.progress`). It imports nothing else of this package.
 """

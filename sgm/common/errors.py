@@ -3,7 +3,9 @@ results, unreadable weights, a missing device), and the tuple the command lines 
 line with exit code 2 (anything else is a bug and keeps its traceback)."""
 from __future__ import annotations
 
-from ..util import ConfigError
+
+class ConfigError(ValueError):
+    """A config node is malformed or names something that cannot be imported."""
 
 
 class UsageError(ValueError):

@@ -32,6 +32,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..common.images import composite_on_white
+from ..stop_signals import ignore_stop_signals
+from ..util import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,29 @@ IMAGE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError)
 
 class DatasetError(RuntimeError):
     """The data folder yields no usable sample."""
+
+
+class NoUsableObjectsError(DatasetError, ConfigError):
+    """Every object folder of ``data.params.base_folder`` is unusable: a user error (a
+    :class:`~sgm.util.ConfigError`, so the command lines print it in one line and exit with code 2)
+    naming the folder, how many object folders it has and why each kind was refused."""
+
+
+# Kinds of unusable object folders, by the start of their problem text (see folder_problem).
+PROBLEM_KINDS = (("has ", "with the wrong number of PNG files"), ("cannot open", "with an unreadable PNG file"),
+                 ("mixes", "mixing image sizes"))
+
+
+def summarize_problems(problems: dict[str, str], examples: int = 3) -> str:
+    """``<count> <kind>, ...`` over the unusable object folders (name -> problem), then the first few."""
+    kinds: dict[str, int] = {}
+    for problem in problems.values():
+        kind = next((name for prefix, name in PROBLEM_KINDS if problem.startswith(prefix)), "unusable")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    counts = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    shown = "; ".join(f"{name}: {problem}" for name, problem in list(problems.items())[:examples])
+    more = f"; and {len(problems) - examples} more" if len(problems) > examples else ""
+    return f"{counts} ({shown}{more})"
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,25 +146,26 @@ def scan_objects(base_folder: str | Path, expected_files: int, check_headers: bo
 
     Raises:
         FileNotFoundError: if ``base_folder`` is not a folder.
-        DatasetError: if no object folder is usable.
+        NoUsableObjectsError: if no object folder is usable (with the counts and reasons).
     """
     base = Path(base_folder)
     if not base.is_dir():
         raise FileNotFoundError(f"data folder not found: {base}")
-    objects, skipped = [], 0
+    objects, problems = [], {}
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
         files = png_files(folder)
         problem = folder_problem(files, expected_files, check_headers)
         if problem is not None:
             log.warning("skipping object folder %s: %s", folder, problem)
-            skipped += 1
+            problems[folder.name] = problem
             continue
         objects.append(OrbitObject(folder.name, tuple(files)))
+    skipped = len(problems)
     if not objects:
-        raise DatasetError(
-            f"no usable object folder in {base} ({skipped} skipped): each object needs a sub-folder with "
-            f"{expected_files} PNG views"
-        )
+        found = f"{skipped} object folders, none usable: {summarize_problems(problems)}" if problems else \
+            "no sub-folders"
+        raise NoUsableObjectsError(f"no usable object folder in {base} ({found}); each object needs a sub-folder with "
+                                   f"{expected_files} PNG views (data.params.base_folder)")
     if skipped:
         log.warning("%s: using %d object folders, skipped %d", base, len(objects), skipped)
     return objects
@@ -264,7 +290,9 @@ class OrbitClipDataset(Dataset):
                 self._failed.add(obj.name)
                 continue
             return self.make_item(obj, choice, video, alphas, rng)
-        raise DatasetError(f"every object folder of {self.base_folder} failed to decode")
+        raise NoUsableObjectsError(f"no usable object folder in {self.base_folder}: all {len(self.objects)} object "
+                                   f"folders failed to decode ({', '.join(sorted(self._failed))}); see the warnings "
+                                   "above for their files")
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -391,8 +419,9 @@ class VideoDataset(pl.LightningDataModule):
         world_size, rank = distributed_layout(self.trainer)
         sampler = EpochSeededSampler(self.train_dataset, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=self.seed)
+        # the workers outlive SIGTERM / SIGINT so that training can save and stop (sgm.stop_signals)
         return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=False)
+                          num_workers=self.num_workers, drop_last=False, worker_init_fn=ignore_stop_signals)
 
     def eval_dataloader(self) -> DataLoader:
         """Batches of the eval images (see :class:`EvalImageFolder`)."""

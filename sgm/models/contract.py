@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..modules.encoders.conditioner import CONCAT_DIM, route
 from ..modules.encoders.pretrained import random_pretrained_weights
-from ..util import ConfigError, get_obj_from_str, instantiate_from_config
+from ..targets import get_obj_from_str
+from ..util import ConfigError, instantiate_from_config
 from .diffusion import DiffusionEngine
 
 PARAMS = "model.params"
