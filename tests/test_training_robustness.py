@@ -31,14 +31,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from test_training import TINY_V01, TINY_V02, data_overrides, orbit_folder  # noqa: F401 (fixture)
-from test_training_faults import process_alive, script_env
-
 import train_ddp_spawn
+from conftest import require
 from sgm.cli import run_main
 from sgm.config import load_config
 from sgm.training import TrainOptions, last_checkpoint_callback, plan_run, run
 from sgm.util import instantiate_from_config
+from test_training import TINY_V01, TINY_V02, data_overrides, orbit_folder  # noqa: F401 (fixture)
+from test_training_faults import process_alive, script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_V01 = ROOT / "configs" / "train-v01.yaml"
@@ -419,7 +419,7 @@ def test_resume_keeps_the_csv_history(orbit_folder: Path, tmp_path: Path, monkey
 
 
 def test_resume_continues_the_tensorboard_log(orbit_folder: Path, tmp_path: Path):
-    pytest.importorskip("tensorboard", reason="the run logs to TensorBoard only where tensorboard is installed")
+    require(importlib.util.find_spec("tensorboard") is not None, "tensorboard (pip install -e .[tensorboard])")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run(options(orbit_folder, tmp_path / "logs", max_steps=2))
