@@ -470,8 +470,8 @@ def release_process_group() -> None:
 def run(options: TrainOptions) -> pl.Trainer:
     """Build model, data and trainer from the options; fit when ``options.train``.
 
-    Every check that needs no model (config keys and types, trainer options, accelerator) runs
-    before the model is built and before anything is written (:func:`run_folder_in_use`).
+    Every check that needs no model (config keys and types, trainer options, accelerator, the data
+    folder) runs before the model is built and before anything is written (:func:`run_folder_in_use`).
     """
     folders, base = plan_run(options)
     config = load_config(base, options.overrides)
@@ -480,10 +480,11 @@ def run(options: TrainOptions) -> pl.Trainer:
     trainer_section = OmegaConf.to_container((config.get("lightning") or {}).get("trainer") or {}, resolve=True)
     early_options = apply_cli(translate_trainer_options(trainer_section, has_validation=True), options)
     check_accelerator(early_options, torch.cuda.is_available())
+    data = instantiate_from_config(config.data)
+    data.setup("fit")  # reads the data folder: one without a usable object is refused before the model build
     pl.seed_everything(options.seed, workers=True)
     with model_init_device(early_options, torch.cuda.is_available()):
         model = build_model(config)
-    data = instantiate_from_config(config.data)
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
     with run_folder_in_use(folders) as folders:
         trainer = build_trainer(config, folders, options, has_validation)
