@@ -4,7 +4,8 @@ A training config has ``model`` (``target``, ``params``, ``base_learning_rate``,
 ``random_pretrained_encoders``), ``data`` (a LightningDataModule node whose ``params`` hold
 ``batch_size``) and, optionally, ``lightning`` (``trainer``, ``callbacks``, ``modelcheckpoint``;
 see :mod:`sgm.training`). Every ``{target, params}`` node is checked against the signature of the
-class it names (:mod:`sgm.config_check`); ``lightning.trainer`` is checked where it is translated
+class it names (:mod:`sgm.config_check`), the conditioning contract is checked
+(:mod:`sgm.models.contract`); ``lightning.trainer`` is checked where it is translated
 (:func:`sgm.training.translate_trainer_options`).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import LAST_CHECKPOINT_KEY, LastCheckpoint, check_every_minutes
 from .config_check import ConfigKeyError, check_keywords, check_node, check_value, signature_of, unknown_key_message
+from .models.contract import check_conditioning
 from .util import ConfigError
 
 TRAINING_SECTIONS = ("model", "data", "lightning")
@@ -43,6 +45,7 @@ def check_training_config(config: DictConfig) -> None:
         if not isinstance(plain.get(section), dict):
             raise ConfigKeyError(f"the config has no {section!r} section (a mapping)")
     _check_model_section(plain["model"])
+    check_conditioning(config)  # the UNet's widths against the conditioning, on the meta device
     _check_data_section(plain["data"])
     lightning = plain.get("lightning") or {}
     _check_known_keys(lightning, "lightning", LIGHTNING_SECTIONS, "a section of lightning")
