@@ -3,7 +3,9 @@
 A training config has ``model`` (``target``, ``params``, ``base_learning_rate``,
 ``random_pretrained_encoders``), ``data`` (a LightningDataModule node whose ``params`` hold
 ``batch_size``) and, optionally, ``lightning`` (``trainer``, ``callbacks``, ``modelcheckpoint``;
-see :mod:`sgm.training`). Every ``{target, params}`` node is checked against the signature of the
+see :mod:`sgm.training`); a top-level ``checkpoint`` (the weights key of an inference config that a
+training overlay is merged onto, e.g. ``--base configs/demo-v01.yaml configs/demo-train-v01.yaml``)
+must be null. Every ``{target, params}`` node is checked against the signature of the
 class it names (:mod:`sgm.config_check`), the conditioning contract is checked
 (:mod:`sgm.models.contract`); ``lightning.trainer`` is checked where it is translated
 (:func:`sgm.training.translate_trainer_options`).
@@ -20,7 +22,7 @@ from .config_check import ConfigKeyError, check_keywords, check_node, check_valu
 from .models.contract import check_conditioning
 from .util import ConfigError
 
-TRAINING_SECTIONS = ("model", "data", "lightning")
+TRAINING_SECTIONS = ("model", "data", "lightning", "checkpoint")
 LIGHTNING_SECTIONS = ("trainer", "callbacks", "modelcheckpoint")
 MODEL_NODE_KEYS = ("target", "params", "base_learning_rate", "random_pretrained_encoders")
 
@@ -41,6 +43,10 @@ def check_training_config(config: DictConfig) -> None:
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"the config does not resolve: {err}") from None
     _check_known_keys(plain, "", TRAINING_SECTIONS, "a section of a training config")
+    if plain.get("checkpoint") is not None:  # an inference config's weights, merged under a training overlay
+        raise ConfigError(f"checkpoint is {plain['checkpoint']!r}: a training config takes no inference checkpoint "
+                          "(set checkpoint: null; start from weights with model.params.ckpt_path, continue a run "
+                          "with --resume)")
     for section in ("model", "data"):
         if not isinstance(plain.get(section), dict):
             raise ConfigKeyError(f"the config has no {section!r} section (a mapping)")

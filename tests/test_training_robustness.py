@@ -578,3 +578,13 @@ def test_a_dataset_whose_every_object_is_bad_is_a_named_error(orbit_folder: Path
     assert "few_a: has 3 PNG files, expected 96; few_b: has 10 PNG files, expected 96)" in line
     assert "Traceback" not in stderr
     assert not (tmp_path / "logs").exists(), "nothing may be written before the refusal"
+
+
+def test_a_training_config_takes_no_inference_checkpoint():
+    """A training overlay merged onto an inference config must null its ``checkpoint``."""
+    from sgm.training_config import check_training_config
+    from sgm.util import ConfigError
+
+    check_training_config(load_config(TINY_V01, ["checkpoint=null"]))
+    with pytest.raises(ConfigError, match=r"checkpoint is 'ckpts/first_stage.pt': a training config takes no "):
+        check_training_config(load_config(TINY_V01, ["checkpoint=ckpts/first_stage.pt"]))

@@ -48,6 +48,7 @@ class AutoencoderKL(nn.Module):
             raise ValueError("AutoencoderKL needs ddconfig double_z=True (mean and log-variance)")
         z_channels = ddconfig["z_channels"]
         self.embed_dim = embed_dim
+        self.downsample_factor = 2 ** (len(ddconfig["ch_mult"]) - 1)  # f: image side / latent side
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
         self.quant_conv = nn.Conv2d(2 * z_channels, 2 * embed_dim, kernel_size=1)

@@ -16,8 +16,6 @@ from ..modules.diffusionmodules.refinement import refine_latents
 from ..modules.diffusionmodules.sampling import SamplingCallback
 from .loading import ExecutionPlan, autocast_for, model_device_dtype
 
-LATENT_CHANNELS = 4
-LATENT_DOWNSCALE = 8
 
 
 def frame_guider(model, min_scale: float | None, max_scale: float | None):
@@ -50,8 +48,11 @@ def _plan_and_dtype(model, plan: ExecutionPlan | None) -> tuple[ExecutionPlan, t
     return (plan if plan is not None else ExecutionPlan(device)), dtype
 
 
-def _latent_shape(num_frames: int, height: int, width: int) -> tuple[int, ...]:
-    return (num_frames, LATENT_CHANNELS, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE)
+def latent_shape(model, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+    """(T, C, H/f, W/f): the latents of ``num_frames`` frames of (height, width) pixels under the
+    model's VAE (C its ``embed_dim``, f its ``downsample_factor``: 4 and 8 for the SD VAE)."""
+    vae = model.first_stage_model
+    return (num_frames, vae.embed_dim, height // vae.downsample_factor, width // vae.downsample_factor)
 
 
 @torch.no_grad()
@@ -88,7 +89,7 @@ def generate_orbit(
     with autocast_for(device, dtype):
         with plan.phase(model.conditioner):
             cond, uncond = _conditioning(model, batch, generator)
-        noise = torch.randn(_latent_shape(frames, height, width), generator=generator, device=device)
+        noise = torch.randn(latent_shape(model, frames, height, width), generator=generator, device=device)
         with plan.phase(model.model):
             latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=progress_of(callback),
                                    split_guidance=plan.split_guidance, guider=guider, generator=generator)
@@ -139,7 +140,7 @@ def refine_orbit(
     if num_frames != model.num_samples:
         raise UsageError(f"got {num_frames} frames, the stage-2 model expects {model.num_samples}")
     frames = frames.to(device)
-    noise = torch.randn(_latent_shape(num_frames, height, width), generator=generator, device=device)
+    noise = torch.randn(latent_shape(model, num_frames, height, width), generator=generator, device=device)
     with plan.phase(model.first_stage_model):
         z_input = model.encode_first_stage(frames, generator=generator).float()
     batch = {

@@ -17,7 +17,6 @@ from sgm.modules.encoders.midas import DPTConfig, DPTDepthModel
 from sgm.modules.encoders.pretrained import FrozenEmbModel, load_pretrained
 
 # Spatial downsampling of the VAE latents the output is aligned with.
-LATENT_DOWNSAMPLE = 8
 # The DPT input side must be a multiple of this (its coarsest feature map has stride 32).
 DPT_SIZE_MULTIPLE = 32
 # Floor of the per-frame depth range before dividing by it.
@@ -54,7 +53,7 @@ class DepthEmbedder(FrozenEmbModel):
     1. bilinear resize (``align_corners=False``) to ``int(H / scale_factor / 32) * 32`` by the
        same for W (1024 -> 384);
     2. ``depth_model`` -> (N, h, w);
-    3. bilinear resize to ``(H // 8 * shuffle_size, W // 8 * shuffle_size)``;
+    3. bilinear resize to ``(H // f * shuffle_size, W // f * shuffle_size)``;
     4. per-frame min-max normalisation to [0, 1] (:func:`minmax_per_frame`);
     5. space-to-depth by ``shuffle_size``: channel ``shuffle_size * row_offset + col_offset``
        (``F.pixel_unshuffle``).
@@ -69,6 +68,8 @@ class DepthEmbedder(FrozenEmbModel):
             e.g. a tiny network for tests.
         depth_model: use this module ((N, 3, h, w) -> (N, h, w)) instead of building MiDaS;
             ``version`` must then be ``None``.
+        latent_downsample: f, the VAE's image side over latent side (8 for the SD VAE): the
+            depth map is resized to the latent grid times ``shuffle_size``.
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class DepthEmbedder(FrozenEmbModel):
         scale_factor: float = 2.6666,
         midas_arch: Mapping[str, Any] | None = None,
         depth_model: nn.Module | None = None,
+        latent_downsample: int = 8,
     ):
         super().__init__()
+        self.latent_downsample = latent_downsample
         self.use_3d = use_3d
         self.shuffle_size = shuffle_size
         self.scale_factor = scale_factor
@@ -120,7 +123,8 @@ class DepthEmbedder(FrozenEmbModel):
         height, width = frames.shape[-2:]
         resized = F.interpolate(frames, size=self.depth_input_size(height, width), mode="bilinear", align_corners=False)
         depth = self.model(resized).unsqueeze(1)
-        target = (height // LATENT_DOWNSAMPLE * self.shuffle_size, width // LATENT_DOWNSAMPLE * self.shuffle_size)
+        f = self.latent_downsample
+        target = (height // f * self.shuffle_size, width // f * self.shuffle_size)
         depth = minmax_per_frame(F.interpolate(depth, size=target, mode="bilinear", align_corners=False))
         channels = F.pixel_unshuffle(depth, self.shuffle_size)
         if self.use_3d:
