@@ -1,0 +1,376 @@
+"""Train the demo models (configs/demo-v01.yaml, demo-v02.yaml) from nothing, on this project's own data.
+
+    python scripts/train_demo_models.py                      # everything, as far as --minutes allows
+    python scripts/train_demo_models.py --minutes 9          # one device call; run again to continue
+
+Phases, in order; each one that is already finished is skipped, and one that was stopped (by
+``--minutes``) continues from its ``last.ckpt``, so repeated calls (e.g. 10-minute device calls)
+add up to one run:
+
+1. ``data``: procedural orbits (scripts/render_synthetic_orbits.py, 128 px, 6 rings x 16 views)
+   of ``--train-objects`` objects with seed 0 into WORK/train, and ``--heldout-objects`` objects
+   with seed 1 into WORK/heldout. Object i of seed s is drawn from the seed (s, i), so the two
+   sets are disjoint; the held-out objects are for scripts/eval_demo.py only.
+2. ``autoencoder``: the VAE (configs/demo-train-autoencoder.yaml), as an autoencoder.
+3. ``stage1``: init file (random UNet and image encoder, the trained VAE as first stage and as
+   condition-frame encoder), then configs/demo-v01.yaml + demo-train-v01.yaml.
+4. ``stage2``: the same for configs/demo-v02.yaml + demo-train-v02.yaml.
+5. ``export``: every weight of each stage as float16 ``.safetensors`` into demo/models/.
+
+Across device calls (a call: at most 10 minutes, files of at most 16 MiB back): ``--pack DIR``
+writes, at the end of a call, what a later call needs to continue (the autoencoder, the init
+files and every phase's ``last.ckpt``) as parts of at most 15 MiB with a manifest; ``--unpack DIR``
+(the packed folder carried into the next call) restores it before anything else. The data are
+rendered again on each call (seconds on a GPU), reproducibly.
+
+Each training phase runs ``train_ddp_spawn.py`` in a child process with run folders under
+WORK/runs/<phase>/; at the deadline the child gets SIGTERM and saves ``last.ckpt`` (exit 143).
+The log (phase, steps, seconds, final loss) is appended to WORK/log.jsonl and printed.
+
+The latent scale factor (1 / standard deviation of the VAE's latents over the training views)
+is computed after phase 2, passed to both stages' training and stored in the exported files'
+metadata; ``model.params.scale_factor`` of both demo configs must hold it (to 4 significant
+digits; the script warns otherwise, tests/test_demo_models.py checks it).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sgm.models.autoencoder_training import autoencoder_state_dict
+
+from sgm.checkpoint import read_state_dict
+from sgm.cli import run_main
+from sgm.common.errors import UsageError
+from sgm.config import build_model, load_config
+from sgm.models.autoencoder import AutoencoderKL
+
+TRAIN_SEED, HELDOUT_SEED = 0, 1
+STAGES = {"stage1": ("configs/demo-v01.yaml", "configs/demo-train-v01.yaml"),
+          "stage2": ("configs/demo-v02.yaml", "configs/demo-train-v02.yaml")}
+AUTOENCODER_CONFIG = "configs/demo-train-autoencoder.yaml"
+SCALE_DIGITS = 4
+STOP_GRACE_S = 300  # how long a child may take to save last.ckpt after SIGTERM
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one call does: folders, step counts per phase, device and deadline."""
+
+    work: Path
+    export: Path
+    resolution: int
+    train_objects: int
+    heldout_objects: int
+    steps: dict[str, int]
+    accelerator: str
+    precision: str | None
+    render_device: str
+    deadline: float  # time.monotonic() value
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "demo", help="data and run folders")
+    parser.add_argument("--export", type=Path, default=ROOT / "demo" / "models", help="where the weights go")
+    parser.add_argument("--resolution", type=int, default=128, help="render size in pixels (the configs resize)")
+    parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
+    parser.add_argument("--train-objects", type=int, default=160)
+    parser.add_argument("--heldout-objects", type=int, default=32)
+    parser.add_argument("--autoencoder-steps", type=int, default=1500)
+    parser.add_argument("--stage1-steps", type=int, default=1200)
+    parser.add_argument("--stage2-steps", type=int, default=600)
+    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu (the lent GPU: also --precision bf16-mixed)")
+    parser.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: config's)")
+    parser.add_argument("--render-device", default="auto", help="device of the orbit renderer")
+    parser.add_argument("--pack", type=Path, default=None, help="at the end, write the state to continue from here")
+    parser.add_argument("--unpack", type=Path, default=None, help="first, restore a state written by --pack")
+    parser.add_argument("--only", choices=("data", "autoencoder", "stage1", "stage2", "export"), default=None,
+                        help="run this phase only (the earlier ones must be finished)")
+    return parser.parse_args(argv)
+
+
+def log(plan: Plan, **entry) -> None:
+    """Print one log entry and append it to WORK/log.jsonl."""
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}
+    print(json.dumps(entry), flush=True)
+    with open(plan.work / "log.jsonl", "a") as stream:
+        stream.write(json.dumps(entry) + "\n")
+
+
+# ----------------------------------------------------------------------------------------
+# Phase 1: data
+
+
+def render(plan: Plan, folder: Path, count: int, seed: int) -> None:
+    """Render ``count`` objects of ``seed`` into ``folder``, unless all are there already."""
+    if folder.is_dir() and len([p for p in folder.iterdir() if (p / "object.json").exists()]) >= count:
+        return
+    if folder.exists():  # a render stopped halfway: start the set again (rendering refuses existing output)
+        for child in sorted(folder.rglob("*"), reverse=True):
+            child.rmdir() if child.is_dir() else child.unlink()
+        folder.rmdir()
+    start = time.monotonic()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_synthetic_orbits.py"), "--out", str(folder),
+                    "--num-objects", str(count), "--resolution", str(plan.resolution), "--seed", str(seed),
+                    "--device", plan.render_device], check=True)
+    log(plan, phase="data", folder=str(folder), objects=count, seed=seed, seconds=round(time.monotonic() - start, 1))
+
+
+# ----------------------------------------------------------------------------------------
+# Training phases
+
+
+def run_folder(plan: Plan, phase: str) -> Path | None:
+    """The phase's run folder (the newest under WORK/runs/<phase>/ with a last.ckpt), or None."""
+    runs = sorted((plan.work / "runs" / phase).glob("*/checkpoints/last.ckpt"))
+    return runs[-1].parents[1] if runs else None
+
+
+def checkpoint_step(run: Path) -> int:
+    """The global step saved in ``run``'s last.ckpt."""
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    return int(state["global_step"])
+
+
+def last_loss(run: Path) -> float | None:
+    """The last logged training loss of ``run`` (its metrics.csv), or None."""
+    for csv in sorted(run.rglob("metrics.csv")):
+        rows = csv.read_text().splitlines()
+        header = rows[0].split(",")
+        if "loss" not in header:
+            continue
+        column = header.index("loss")
+        values = [row.split(",")[column] for row in rows[1:] if len(row.split(",")) > column]
+        values = [float(v) for v in values if v]
+        return values[-1] if values else None
+    return None
+
+
+def train(plan: Plan, phase: str, configs: list[str], overrides: list[str]) -> bool:
+    """Run (or continue) ``phase`` until its step count or the deadline; True when finished."""
+    steps = plan.steps[phase]
+    run = run_folder(plan, phase)
+    if run is not None and checkpoint_step(run) >= steps:
+        return True
+    command = [sys.executable, str(ROOT / "train_ddp_spawn.py"), "--train", "True", "--max_steps", str(steps),
+               "--accelerator", plan.accelerator]
+    if run is None:
+        command += ["--base", *configs, "--logdir", str(plan.work / "runs" / phase), "--name", phase]
+    else:
+        command += ["--resume", str(run)]
+    if plan.precision is not None:
+        overrides = [*overrides, f"lightning.trainer.precision={plan.precision}"]
+    start_step = 0 if run is None else checkpoint_step(run)
+    start = time.monotonic()
+    child = subprocess.Popen(command + overrides, cwd=ROOT)
+    try:
+        child.wait(timeout=max(plan.seconds_left(), 1.0))
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGTERM)  # the trainer saves last.ckpt and exits 143
+        child.wait(timeout=STOP_GRACE_S)
+    if child.returncode not in (0, 128 + signal.SIGTERM):
+        raise RuntimeError(f"{phase}: train_ddp_spawn.py exited with {child.returncode}")
+    run = run_folder(plan, phase)
+    if run is None:
+        raise RuntimeError(f"{phase}: no last.ckpt under {plan.work / 'runs' / phase}")
+    step = checkpoint_step(run)
+    log(plan, phase=phase, run=str(run), steps_from=start_step, steps_to=step, of=steps,
+        seconds=round(time.monotonic() - start, 1), last_loss=last_loss(run))
+    return step >= steps
+
+
+def trained_weights(plan: Plan, phase: str) -> dict[str, torch.Tensor]:
+    """The module weights in the last.ckpt of ``phase``."""
+    return read_state_dict(run_folder(plan, phase) / "checkpoints" / "last.ckpt")
+
+
+# ----------------------------------------------------------------------------------------
+# Between phases
+
+
+def autoencoder_file(plan: Plan) -> Path:
+    return plan.work / "autoencoder.safetensors"
+
+
+def export_autoencoder(plan: Plan) -> None:
+    """WORK/autoencoder.safetensors: the trained AutoencoderKL's weights (float32)."""
+    save_file(autoencoder_state_dict(trained_weights(plan, "autoencoder")), autoencoder_file(plan))
+
+
+@torch.no_grad()
+def latent_scale_factor(plan: Plan, views: int = 256) -> float:
+    """1 / std of the VAE's latent samples over ``views`` training views at the stage-1 size (64 px)."""
+    from sgm.data.video_dataset import load_frame
+
+    config = load_config(STAGES["stage1"][0])
+    vae = AutoencoderKL(**config.model.params.first_stage_config.params)
+    vae.load_state_dict(load_file(autoencoder_file(plan)))
+    files = sorted((plan.work / "train").glob("*/*.png"))[::7][:views]
+    size = int(config.model.params.resolution)
+    frames = torch.stack([load_frame(path, size, size)[0] for path in files])
+    latents = torch.cat([vae.encode(chunk) for chunk in frames.split(32)])
+    return 1.0 / float(latents.std())
+
+
+def warn_unless_configs_hold(scale: float) -> None:
+    """Warn where a demo config's ``model.params.scale_factor`` differs from ``scale`` (SCALE_DIGITS digits)."""
+    wanted = float(f"{scale:.{SCALE_DIGITS}g}")
+    for config, _ in STAGES.values():
+        found = float(load_config(ROOT / config).model.params.scale_factor)
+        if float(f"{found:.{SCALE_DIGITS}g}") != wanted:
+            print(f"WARNING: {config}: model.params.scale_factor is {found}; the trained VAE's latents need "
+                  f"{wanted} (1 / their std): write `scale_factor: {wanted}` there", file=sys.stderr)
+
+
+def write_init(plan: Plan, stage: str) -> Path:
+    """WORK/<stage>-init.safetensors: every weight of the stage's model, random (seeded) except the
+    trained VAE in ``first_stage_model`` and in every condition-frame encoder."""
+    path = plan.work / f"{stage}-init.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    model = build_model(load_config([ROOT / c for c in STAGES[stage]]), random_pretrained_encoders=True)
+    vae_weights = load_file(autoencoder_file(plan))
+    loaded = 0
+    for module in model.modules():
+        if isinstance(module, AutoencoderKL):
+            module.load_state_dict(vae_weights)
+            loaded += 1
+    if loaded < 2:
+        raise RuntimeError(f"{stage}: expected the VAE as first stage and condition encoder, found {loaded}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def export_stage(plan: Plan, stage: str, scale: float) -> Path:
+    """EXPORT/<stage>.safetensors: every weight of the trained stage as float16, written atomically;
+    metadata: the steps trained and the latent ``scale_factor``."""
+    model = build_model(load_config(ROOT / STAGES[stage][0]), random_pretrained_encoders=True)
+    weights = trained_weights(plan, stage)
+    model.load_state_dict(weights, strict=True)
+    plan.export.mkdir(parents=True, exist_ok=True)
+    target = plan.export / f"{stage}.safetensors"
+    partial = target.with_suffix(".partial")
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, partial, metadata={"steps": str(checkpoint_step(run_folder(plan, stage))),
+                                          "scale_factor": str(scale)})
+    os.replace(partial, target)
+    log(plan, phase="export", file=str(target), megabytes=round(target.stat().st_size / 2**20, 2))
+    return target
+
+
+# ----------------------------------------------------------------------------------------
+# Carrying a run from one device call to the next
+
+
+PART_BYTES = 15 * 2**20
+PACKED = ("autoencoder.safetensors", "*-init.safetensors", "runs/*/*/checkpoints/last.ckpt", "runs/*/*/configs/*.yaml",
+          "runs/*/*/**/metrics.csv", "log.jsonl")
+
+
+def pack(work: Path, out: Path) -> None:
+    """Write the files of ``work`` matching PACKED into ``out`` as parts of at most PART_BYTES,
+    with ``manifest.json`` (relative path, size, sha256, part names of each file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    files = sorted({path for pattern in PACKED for path in work.glob(pattern) if path.is_file()})
+    for index, path in enumerate(files):
+        data = path.read_bytes()
+        parts = []
+        for offset in range(0, max(len(data), 1), PART_BYTES):
+            name = f"{index:03d}.{offset // PART_BYTES:03d}.part"
+            (out / name).write_bytes(data[offset:offset + PART_BYTES])
+            parts.append(name)
+        manifest.append({"path": str(path.relative_to(work)), "bytes": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest(), "parts": parts})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def unpack(packed: Path, work: Path) -> None:
+    """Restore the files that :func:`pack` wrote into ``packed`` under ``work`` (checked by sha256).
+
+    Raises:
+        UsageError: no manifest, a missing part or a file whose checksum differs (named).
+    """
+    manifest_path = packed / "manifest.json"
+    if not manifest_path.is_file():
+        raise UsageError(f"--unpack {packed}: no manifest.json (a folder written by --pack is expected)")
+    for entry in json.loads(manifest_path.read_text()):
+        missing = [name for name in entry["parts"] if not (packed / name).is_file()]
+        if missing:
+            raise UsageError(f"--unpack {packed}: parts {missing} of {entry['path']} are missing")
+        data = b"".join((packed / name).read_bytes() for name in entry["parts"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise UsageError(f"--unpack {packed}: {entry['path']} does not match its sha256")
+        target = work / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def run(plan: Plan, only: str | None) -> int:
+    plan.work.mkdir(parents=True, exist_ok=True)
+    wanted = (lambda phase: only is None or only == phase)
+    if wanted("data"):
+        render(plan, plan.work / "train", plan.train_objects, TRAIN_SEED)
+        render(plan, plan.work / "heldout", plan.heldout_objects, HELDOUT_SEED)
+    data_override = f"data.params.base_folder={plan.work / 'train'}"
+    if wanted("autoencoder"):
+        if not train(plan, "autoencoder", [AUTOENCODER_CONFIG], [data_override]):
+            return 0
+        export_autoencoder(plan)
+    scale = float(f"{latent_scale_factor(plan):.{SCALE_DIGITS}g}")
+    log(plan, phase="scale_factor", value=scale)
+    warn_unless_configs_hold(scale)
+    stage_overrides = [data_override, f"model.params.scale_factor={scale}"]
+    for stage, configs in STAGES.items():
+        if wanted(stage):
+            init = write_init(plan, stage)
+            if not train(plan, stage, list(configs), [*stage_overrides, f"model.params.ckpt_path={init}"]):
+                return 0
+    if wanted("export"):
+        for stage in STAGES:
+            export_stage(plan, stage, scale)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.unpack is not None:
+        unpack(args.unpack, args.work.resolve())
+    minutes = args.minutes if args.minutes is not None else 1e6
+    plan = Plan(work=args.work.resolve(), export=args.export.resolve(), resolution=args.resolution,
+                train_objects=args.train_objects, heldout_objects=args.heldout_objects,
+                steps={"autoencoder": args.autoencoder_steps, "stage1": args.stage1_steps,
+                       "stage2": args.stage2_steps},
+                accelerator=args.accelerator, precision=args.precision, render_device=args.render_device,
+                deadline=time.monotonic() + 60 * minutes)
+    try:
+        return run(plan, args.only)
+    finally:
+        if args.pack is not None:
+            pack(plan.work, args.pack)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
