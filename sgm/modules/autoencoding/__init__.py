@@ -1,0 +1,1 @@
+"""Training losses of the KL autoencoder (:mod:`sgm.modules.autoencoding.losses`)."""
