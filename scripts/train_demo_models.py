@@ -3,25 +3,27 @@
     python scripts/train_demo_models.py                      # everything, as far as --minutes allows
     python scripts/train_demo_models.py --minutes 9          # one device call; run again to continue
 
-Phases, in order; each one that is already finished is skipped, and one that was stopped (by
-``--minutes``) continues from its ``last.ckpt``, so repeated calls (e.g. 10-minute device calls)
-add up to one run:
+Phases, in order; a finished phase (WORK/<phase>.done.json) is skipped, and one that was stopped
+(by ``--minutes``) continues from its ``last.ckpt``, so repeated calls (e.g. 10-minute device
+calls) add up to one run:
 
 1. ``data``: procedural orbits (scripts/render_synthetic_orbits.py, 128 px, 6 rings x 16 views)
    of ``--train-objects`` objects with seed 0 into WORK/train, and ``--heldout-objects`` objects
    with seed 1 into WORK/heldout. Object i of seed s is drawn from the seed (s, i), so the two
    sets are disjoint; the held-out objects are for scripts/eval_demo.py only.
-2. ``autoencoder``: the VAE (configs/demo-train-autoencoder.yaml), as an autoencoder.
+2. ``autoencoder``: the VAE (configs/demo-train-autoencoder.yaml), as an autoencoder; its
+   weights go to WORK/autoencoder.safetensors.
 3. ``stage1``: init file (random UNet and image encoder, the trained VAE as first stage and as
-   condition-frame encoder), then configs/demo-v01.yaml + demo-train-v01.yaml.
+   condition-frame encoder), then configs/demo-v01.yaml + demo-train-v01.yaml; every weight of
+   the trained model goes to EXPORT/stage1.safetensors (float16; EXPORT: demo/models/).
 4. ``stage2``: the same for configs/demo-v02.yaml + demo-train-v02.yaml.
-5. ``export``: every weight of each stage as float16 ``.safetensors`` into demo/models/.
 
-Across device calls (a call: at most 10 minutes, files of at most 16 MiB back): ``--pack DIR``
-writes, at the end of a call, what a later call needs to continue (the autoencoder, the init
-files and every phase's ``last.ckpt``) as parts of at most 15 MiB with a manifest; ``--unpack DIR``
-(the packed folder carried into the next call) restores it before anything else. The data are
-rendered again on each call (seconds on a GPU), reproducibly.
+Across device calls (a call: at most 10 minutes, at most 8 files of 16 MiB back): ``--pack DIR``
+writes, at the end of a call, what a later call needs to continue (the log, the finished phases'
+records and the autoencoder, the unfinished phases' run folders) as one tar in parts of at most
+15 MiB; ``--unpack DIR`` (that folder, carried into the next call) restores it first. The data
+are rendered again on each call (seconds on a GPU), reproducibly; the stages' exported files
+are the only other output.
 
 Each training phase runs ``train_ddp_spawn.py`` in a child process with run folders under
 WORK/runs/<phase>/; at the deadline the child gets SIGTERM and saves ``last.ckpt`` (exit 143).
@@ -35,12 +37,15 @@ digits; the script warns otherwise, tests/test_demo_models.py checks it).
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,20 +53,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sgm.models.autoencoder_training import autoencoder_state_dict
-
 from sgm.checkpoint import read_state_dict
 from sgm.cli import run_main
 from sgm.common.errors import UsageError
 from sgm.config import build_model, load_config
 from sgm.models.autoencoder import AutoencoderKL
+from sgm.models.autoencoder_training import autoencoder_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_SEED, HELDOUT_SEED = 0, 1
 STAGES = {"stage1": ("configs/demo-v01.yaml", "configs/demo-train-v01.yaml"),
           "stage2": ("configs/demo-v02.yaml", "configs/demo-train-v02.yaml")}
+TRAINING_PHASES = ("autoencoder", "stage1", "stage2")
 AUTOENCODER_CONFIG = "configs/demo-train-autoencoder.yaml"
 SCALE_DIGITS = 4
 STOP_GRACE_S = 300  # how long a child may take to save last.ckpt after SIGTERM
@@ -77,6 +81,7 @@ class Plan:
     train_objects: int
     heldout_objects: int
     steps: dict[str, int]
+    overrides: dict[str, list[str]]
     accelerator: str
     precision: str | None
     render_device: str
@@ -97,14 +102,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--autoencoder-steps", type=int, default=1500)
     parser.add_argument("--stage1-steps", type=int, default=1200)
     parser.add_argument("--stage2-steps", type=int, default=600)
-    parser.add_argument("--accelerator", default="cpu", help="cpu or gpu (the lent GPU: also --precision bf16-mixed)")
-    parser.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="PHASE:KEY=VALUE",
+                        help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
+                             "e.g. autoencoder:data.params.batch_size=4")
+    parser.add_argument("--accelerator", default="auto", help="auto (the GPU when there is one), cpu or gpu")
+    parser.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed on a GPU (default: the configs' 32)")
     parser.add_argument("--render-device", default="auto", help="device of the orbit renderer")
     parser.add_argument("--pack", type=Path, default=None, help="at the end, write the state to continue from here")
     parser.add_argument("--unpack", type=Path, default=None, help="first, restore a state written by --pack")
-    parser.add_argument("--only", choices=("data", "autoencoder", "stage1", "stage2", "export"), default=None,
+    parser.add_argument("--only", choices=("data", *TRAINING_PHASES), default=None,
                         help="run this phase only (the earlier ones must be finished)")
     return parser.parse_args(argv)
+
+
+def phase_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``PHASE:KEY=VALUE`` items -> {phase: [KEY=VALUE, ...]}.
+
+    Raises:
+        UsageError: an item without a training phase name before ``:``.
+    """
+    overrides: dict[str, list[str]] = {}
+    for item in items:
+        phase, _, override = item.partition(":")
+        if phase not in TRAINING_PHASES or "=" not in override:
+            raise UsageError(f"--set {item!r}: expected PHASE:KEY=VALUE with PHASE one of {', '.join(TRAINING_PHASES)}")
+        overrides.setdefault(phase, []).append(override)
+    return overrides
 
 
 def log(plan: Plan, **entry) -> None:
@@ -151,21 +174,35 @@ def checkpoint_step(run: Path) -> int:
 
 
 def last_loss(run: Path) -> float | None:
-    """The last logged training loss of ``run`` (its metrics.csv), or None."""
-    for csv in sorted(run.rglob("metrics.csv")):
-        rows = csv.read_text().splitlines()
-        header = rows[0].split(",")
-        if "loss" not in header:
-            continue
-        column = header.index("loss")
-        values = [row.split(",")[column] for row in rows[1:] if len(row.split(",")) > column]
-        values = [float(v) for v in values if v]
-        return values[-1] if values else None
+    """The last logged training ``loss`` of ``run``: from its metrics.csv, else its TensorBoard
+    events (whichever logger the trainer used, sgm.metrics_logs), or None."""
+    for path in sorted(run.rglob("metrics.csv")):
+        with open(path) as stream:
+            values = [row["loss"] for row in csv.DictReader(stream) if row.get("loss")]
+        if values:
+            return float(values[-1])
+    events = sorted(run.rglob("events.out.tfevents.*"))
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        scalars = []
+        for path in events:
+            accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+            accumulator.Reload()
+            if "loss" in accumulator.Tags()["scalars"]:
+                scalars += accumulator.Scalars("loss")
+        if scalars:
+            return float(max(scalars, key=lambda event: event.step).value)
     return None
 
 
+def done_file(plan: Plan, phase: str) -> Path:
+    """WORK/<phase>.done.json: written when the phase has finished and its weights are saved."""
+    return plan.work / f"{phase}.done.json"
+
+
 def train(plan: Plan, phase: str, configs: list[str], overrides: list[str]) -> bool:
-    """Run (or continue) ``phase`` until its step count or the deadline; True when finished."""
+    """Run (or continue) ``phase`` until its step count or the deadline; True when it reached its steps."""
     steps = plan.steps[phase]
     run = run_folder(plan, phase)
     if run is not None and checkpoint_step(run) >= steps:
@@ -176,6 +213,7 @@ def train(plan: Plan, phase: str, configs: list[str], overrides: list[str]) -> b
         command += ["--base", *configs, "--logdir", str(plan.work / "runs" / phase), "--name", phase]
     else:
         command += ["--resume", str(run)]
+    overrides = [*overrides, *plan.overrides.get(phase, [])]
     if plan.precision is not None:
         overrides = [*overrides, f"lightning.trainer.precision={plan.precision}"]
     start_step = 0 if run is None else checkpoint_step(run)
@@ -210,9 +248,10 @@ def autoencoder_file(plan: Plan) -> Path:
     return plan.work / "autoencoder.safetensors"
 
 
-def export_autoencoder(plan: Plan) -> None:
+def export_autoencoder(plan: Plan) -> Path:
     """WORK/autoencoder.safetensors: the trained AutoencoderKL's weights (float32)."""
     save_file(autoencoder_state_dict(trained_weights(plan, "autoencoder")), autoencoder_file(plan))
+    return autoencoder_file(plan)
 
 
 @torch.no_grad()
@@ -282,50 +321,68 @@ def export_stage(plan: Plan, stage: str, scale: float) -> Path:
 
 
 PART_BYTES = 15 * 2**20
-PACKED = ("autoencoder.safetensors", "*-init.safetensors", "runs/*/*/checkpoints/last.ckpt", "runs/*/*/configs/*.yaml",
-          "runs/*/*/**/metrics.csv", "log.jsonl")
+
+
+def packed_files(work: Path) -> list[Path]:
+    """What a later call needs: the log, the finished phases' records and the autoencoder's weights
+    (the stages' weights are the exported files), and every unfinished phase's run folders."""
+    files = [work / "log.jsonl", work / "autoencoder.safetensors", *work.glob("*.done.json")]
+    for phase in TRAINING_PHASES:
+        if not (work / f"{phase}.done.json").exists():
+            files += [p for p in (work / "runs" / phase).rglob("*") if p.is_file()]
+    return sorted(p for p in files if p.is_file())
 
 
 def pack(work: Path, out: Path) -> None:
-    """Write the files of ``work`` matching PACKED into ``out`` as parts of at most PART_BYTES,
-    with ``manifest.json`` (relative path, size, sha256, part names of each file)."""
+    """Write :func:`packed_files` of ``work`` as one tar split into ``NNN.part`` files of at most
+    PART_BYTES in ``out`` (few files: a device call brings back at most 8), with ``manifest.json``
+    (the parts and the tar's sha256)."""
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w") as archive:
+        for path in packed_files(work):
+            archive.add(path, arcname=str(path.relative_to(work)))
+    data = stream.getvalue()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    files = sorted({path for pattern in PACKED for path in work.glob(pattern) if path.is_file()})
-    for index, path in enumerate(files):
-        data = path.read_bytes()
-        parts = []
-        for offset in range(0, max(len(data), 1), PART_BYTES):
-            name = f"{index:03d}.{offset // PART_BYTES:03d}.part"
-            (out / name).write_bytes(data[offset:offset + PART_BYTES])
-            parts.append(name)
-        manifest.append({"path": str(path.relative_to(work)), "bytes": len(data),
-                         "sha256": hashlib.sha256(data).hexdigest(), "parts": parts})
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    parts = []
+    for offset in range(0, len(data), PART_BYTES):
+        parts.append(f"{offset // PART_BYTES:03d}.part")
+        (out / parts[-1]).write_bytes(data[offset:offset + PART_BYTES])
+    (out / "manifest.json").write_text(json.dumps({"parts": parts, "bytes": len(data),
+                                                   "sha256": hashlib.sha256(data).hexdigest()}, indent=1))
 
 
 def unpack(packed: Path, work: Path) -> None:
-    """Restore the files that :func:`pack` wrote into ``packed`` under ``work`` (checked by sha256).
+    """Restore under ``work`` what :func:`pack` wrote into ``packed``, after checking its sha256.
 
     Raises:
-        UsageError: no manifest, a missing part or a file whose checksum differs (named).
+        UsageError: no manifest, a missing part or parts whose checksum differs (named).
     """
     manifest_path = packed / "manifest.json"
     if not manifest_path.is_file():
         raise UsageError(f"--unpack {packed}: no manifest.json (a folder written by --pack is expected)")
-    for entry in json.loads(manifest_path.read_text()):
-        missing = [name for name in entry["parts"] if not (packed / name).is_file()]
-        if missing:
-            raise UsageError(f"--unpack {packed}: parts {missing} of {entry['path']} are missing")
-        data = b"".join((packed / name).read_bytes() for name in entry["parts"])
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise UsageError(f"--unpack {packed}: {entry['path']} does not match its sha256")
-        target = work / entry["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    manifest = json.loads(manifest_path.read_text())
+    missing = [name for name in manifest["parts"] if not (packed / name).is_file()]
+    if missing:
+        raise UsageError(f"--unpack {packed}: parts {missing} are missing")
+    data = b"".join((packed / name).read_bytes() for name in manifest["parts"])
+    if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        raise UsageError(f"--unpack {packed}: the parts do not match the manifest's sha256")
+    work.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
+        archive.extractall(work, filter="data")
 
 
 # ----------------------------------------------------------------------------------------
+
+
+def finish(plan: Plan, phase: str, save) -> None:
+    """Save the finished phase's weights (``save()``, returning their file) and its done record."""
+    run = run_folder(plan, phase)
+    path = save()
+    record = {"phase": phase, "steps": checkpoint_step(run), "run": str(run), "weights": str(path),
+              "last_loss": last_loss(run)}
+    done_file(plan, phase).write_text(json.dumps(record))
+    log(plan, **{**record, "phase": f"{phase} done"})
 
 
 def run(plan: Plan, only: str | None) -> int:
@@ -335,22 +392,20 @@ def run(plan: Plan, only: str | None) -> int:
         render(plan, plan.work / "train", plan.train_objects, TRAIN_SEED)
         render(plan, plan.work / "heldout", plan.heldout_objects, HELDOUT_SEED)
     data_override = f"data.params.base_folder={plan.work / 'train'}"
-    if wanted("autoencoder"):
+    if wanted("autoencoder") and not done_file(plan, "autoencoder").exists():
         if not train(plan, "autoencoder", [AUTOENCODER_CONFIG], [data_override]):
             return 0
-        export_autoencoder(plan)
+        finish(plan, "autoencoder", lambda: export_autoencoder(plan))
     scale = float(f"{latent_scale_factor(plan):.{SCALE_DIGITS}g}")
     log(plan, phase="scale_factor", value=scale)
     warn_unless_configs_hold(scale)
     stage_overrides = [data_override, f"model.params.scale_factor={scale}"]
     for stage, configs in STAGES.items():
-        if wanted(stage):
+        if wanted(stage) and not done_file(plan, stage).exists():
             init = write_init(plan, stage)
             if not train(plan, stage, list(configs), [*stage_overrides, f"model.params.ckpt_path={init}"]):
                 return 0
-    if wanted("export"):
-        for stage in STAGES:
-            export_stage(plan, stage, scale)
+            finish(plan, stage, lambda stage=stage: export_stage(plan, stage, scale))
     return 0
 
 
@@ -363,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_objects=args.train_objects, heldout_objects=args.heldout_objects,
                 steps={"autoencoder": args.autoencoder_steps, "stage1": args.stage1_steps,
                        "stage2": args.stage2_steps},
+                overrides=phase_overrides(args.set),
                 accelerator=args.accelerator, precision=args.precision, render_device=args.render_device,
                 deadline=time.monotonic() + 60 * minutes)
     try:
