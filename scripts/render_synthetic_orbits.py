@@ -2,8 +2,9 @@
 
 Each object gets ``OUT/<name>/`` with one RGBA PNG per view, named so that a plain string
 sort gives ring-major, azimuth-minor order (``000.png`` .. ``095.png`` for 6 rings x 16
-azimuths: ring r at sorted positions 16r .. 16r+15), plus ``cameras.json`` (convention of
-:mod:`sgm.recon.cameras`, readable with ``OrbitCameras.from_json``) and ``object.json``
+azimuths: ring r at sorted positions 16r .. 16r+15; rings and azimuth order of
+:mod:`sgm.common.orbit`), plus ``cameras.json`` (convention of :mod:`sgm.recon.cameras`,
+readable with ``OrbitCameras.from_json``) and ``object.json``
 (readable with ``ObjectSpec.from_json``).
 
 The sphere tracer runs on ``--device`` (default auto: CUDA when available). A GPU renders a
@@ -35,7 +36,8 @@ from tqdm import tqdm
 from sgm.common.devices import resolve_device
 from sgm.common.errors import DeviceError
 from sgm.data.synthetic_orbits import ObjectSpec, RenderSettings, random_object, render_views
-from sgm.recon.cameras import DEFAULT_ELEVATIONS_DEG, DEFAULT_NUM_AZIMUTHS, OrbitCameras, orbit_rings
+from sgm.common.orbit import RING_ELEVATIONS_DEG, VIEWS_PER_RING
+from sgm.recon.cameras import OrbitCameras, orbit_rings
 
 LOG = logging.getLogger("render_synthetic_orbits")
 OUTPUT_FILES = ("cameras.json", "object.json")
@@ -47,9 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-objects", type=int, required=True, help="how many objects to render")
     parser.add_argument("--resolution", type=int, default=512, help="image width = height in pixels")
     parser.add_argument("--seed", type=int, default=0, help="base seed; object i uses a seed derived from (seed, i)")
-    parser.add_argument("--elevations", type=float, nargs="+", default=list(DEFAULT_ELEVATIONS_DEG),
+    parser.add_argument("--elevations", type=float, nargs="+", default=[float(e) for e in RING_ELEVATIONS_DEG],
                         help="ring elevations in degrees, written in this order")
-    parser.add_argument("--azimuths", type=int, default=DEFAULT_NUM_AZIMUTHS, help="views per ring")
+    parser.add_argument("--azimuths", type=int, default=VIEWS_PER_RING, help="views per ring")
     parser.add_argument("--edge-samples", type=int, default=RenderSettings.edge_samples,
                         help="sub-pixel rays per axis on silhouette pixels (1 = no antialiasing)")
     parser.add_argument("--device", default="auto",

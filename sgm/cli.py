@@ -11,7 +11,8 @@ import sys
 from typing import Callable
 
 from .common.errors import USER_ERRORS
-from .pipelines.checks import SEED_MAX, TRAINED_ELEVATION_DEG
+from .common.orbit import TRAINED_ELEVATION_RANGE_DEG
+from .pipelines.checks import SEED_MAX
 from .pipelines.loading import COMPILE_CHOICES
 
 DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
@@ -27,7 +28,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = Tr
         "optional: the image stage 1 was run on; refused if the stage-1 outputs were made from another")
     parser.add_argument("--image_path", required=image_required, help=image_help)
     parser.add_argument("--output_dir", required=True, help="folder for this image's results")
-    low, high = TRAINED_ELEVATION_DEG
+    low, high = TRAINED_ELEVATION_RANGE_DEG
     parser.add_argument("--elevation", type=float, default=0.0,
                         help=f"camera elevation of the input view, in degrees; the models were trained on {low:g} to "
                              f"{high:g}: other values run with a warning, NaN/inf are refused")

@@ -109,15 +109,15 @@ class SyntheticPipeline:
             return Hi3DResult(layout.root, mesh=mesh)
         if stage == "refine":
             write_synthetic_stage2(layout.root, 64, 20.0)
-            views = sorted(layout.second_views.glob("view_*.png"))
+            views = sorted(layout.stage2_views.glob("view_*.png"))
             pixels = np.stack([np.asarray(Image.open(path)) for path in views])
             return Hi3DResult(layout.root, refined=SimpleNamespace(views=views, video=write_mp4(
-                pixels, layout.second_video)))
+                pixels, layout.stage2_video)))
         ys, xs = np.mgrid[:64, :64]
         disc = (ys - 32) ** 2 + (xs - 32) ** 2 < 22 ** 2
         pixels = np.where(disc[None, ..., None], 128, 255).astype(np.uint8).repeat(16, 0).repeat(3, -1)
-        part = SimpleNamespace(views=write_views(pixels, layout.first_views),
-                               video=write_mp4(pixels, layout.first_video))
+        part = SimpleNamespace(views=write_views(pixels, layout.stage1_views),
+                               video=write_mp4(pixels, layout.stage1_video))
         return Hi3DResult(layout.root, orbit=part)
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sgm.common.orbit import RING_ELEVATIONS_DEG
 from sgm.data.clip_degradation import ClipDegradation
 from sgm.data.video_dataset import (
-    RING_ELEVATIONS_DEG,
     DatasetError,
     EpochSeededSampler,
     EvalImageFolder,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sgm.common.errors import DeviceError
+from sgm.common.orbit import orbit_azimuths_deg
 from sgm.data.synthetic_orbits import (
     SIZE_FIELDS,
     ObjectSpec,
@@ -33,7 +34,6 @@ from sgm.recon.cameras import (
     cameras_at,
     intrinsics,
     look_at,
-    orbit_azimuths_deg,
     orbit_cameras,
     orbit_rings,
 )

@@ -37,7 +37,7 @@ class MaskSummary:
 def summarise_masks(job_folder: Path) -> MaskSummary | None:
     """Object fractions of the refined views' masks; None when step 2's masks are absent or unreadable
     (the 3D step then reports what is missing itself)."""
-    masks = sorted(OutputLayout(job_folder).second_masks.glob("mask_*.png"))
+    masks = sorted(OutputLayout(job_folder).stage2_masks.glob("mask_*.png"))
     if not masks:
         return None
     fractions = []

@@ -14,8 +14,9 @@ from PIL import Image
 
 from ..common.errors import UsageError
 from ..common.images import InputImageError, read_image
+from ..common.orbit import TRAINED_ELEVATION_RANGE_DEG
 
-ELEVATION_RANGE = (-10.0, 40.0)  # degrees; the elevations the models were trained on
+ELEVATION_RANGE = TRAINED_ELEVATION_RANGE_DEG  # degrees; the app accepts the elevations the models were trained on
 STEPS_RANGE = (1, 100)
 GUIDANCE_RANGE = (1.0, 10.0)
 SEED_RANGE = (0, 2**32 - 1)

@@ -1,13 +1,13 @@
 """Orbit-clip training data for stage 1 (official class path ``sgm.data.video_dataset.VideoDataset``).
 
-Layout: ``base_folder/<object>/`` holds one RGBA PNG per view, 6 elevation rings x 16
-azimuths = 96 files. Sorted by file name (plain string order, so names must be
-zero-padded), ring ``r`` occupies positions ``16 r .. 16 r + 15`` in azimuth order and has
-elevation ``RING_ELEVATIONS_DEG[r]`` (-10, 0, 10, 20, 30, 40 degrees).
+Layout (the orbit convention of :mod:`sgm.common.orbit`): ``base_folder/<object>/`` holds one
+RGBA PNG per view, 6 elevation rings x 16 azimuths = 96 files. Sorted by file name (plain
+string order, so names must be zero-padded), ring ``r`` occupies positions ``16 r .. 16 r + 15``
+in azimuth order and has elevation ``RING_ELEVATIONS_DEG[r]`` (-10, 0, 10, 20, 30, 40 degrees).
 
 A clip is ``sample_frames`` consecutive azimuths of one ring, starting at a random azimuth
 and wrapping around the ring, so frame 0 (the input view) is arbitrary and frame k lies
-k/16 of a turn further. Each frame is composited on white, resized to (width, height) and
+k/16 of a turn further, counter-clockwise seen from above. Each frame is composited on white, resized to (width, height) and
 mapped to [-1, 1].
 
 Difference to the official loader: there the index argument is ignored and every call
@@ -32,13 +32,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..common.images import composite_on_white
+from ..common.orbit import RING_ELEVATIONS_DEG, VIEWS_PER_RING, clip_azimuth_indices, view_position
 from ..stop_signals import ignore_stop_signals
 from ..util import ConfigError
 
 log = logging.getLogger(__name__)
 
-RING_ELEVATIONS_DEG: tuple[int, ...] = (-10, 0, 10, 20, 30, 40)
-VIEWS_PER_RING = 16
 # SVD micro-conditioning values carried in every item; the Hi3D models do not read them.
 FPS_ID = 7
 MOTION_BUCKET_ID = 127
@@ -182,7 +181,8 @@ def item_rng(seed: int, index: int) -> np.random.Generator:
 
 def clip_positions(ring: int, start: int, num_frames: int, views_per_ring: int) -> list[int]:
     """Sorted-file positions of ``num_frames`` consecutive azimuths of ``ring`` from azimuth ``start``, wrapping."""
-    return [ring * views_per_ring + (start + k) % views_per_ring for k in range(num_frames)]
+    return [view_position(ring, azimuth, views_per_ring)
+            for azimuth in clip_azimuth_indices(start, num_frames, views_per_ring)]
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ class OrbitClipDataset(Dataset):
         return {
             "video": video,
             "elevation": self.elevations[choice.ring],
-            "caption": f"{obj.name}_{choice.ring * self.views_per_ring + choice.start}",
+            "caption": f"{obj.name}_{view_position(choice.ring, choice.start, self.views_per_ring)}",
             "fps_id": FPS_ID,
             "motion_bucket_id": MOTION_BUCKET_ID,
         }

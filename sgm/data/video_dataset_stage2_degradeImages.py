@@ -1,6 +1,7 @@
 """Stage-2 training data (official class path ``sgm.data.video_dataset_stage2_degradeImages.VideoDataset``).
 
-The same orbit clips as stage 1 (:mod:`sgm.data.video_dataset`, official size 1024x1024),
+The same orbit clips as stage 1 (:mod:`sgm.data.video_dataset`, views and frames placed as
+:mod:`sgm.common.orbit` says; official size 1024x1024),
 plus what the training-time degradation (:class:`sgm.data.clip_degradation.ClipDegradation`)
 needs per clip: the ground-truth alpha of every frame and three stacks of per-frame blur
 kernels drawn from the item's seeded RNG.

@@ -13,12 +13,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..common.errors import NonFiniteOutputError, UsageError
+from ..common.orbit import TRAINED_ELEVATION_RANGE_DEG
 
 log = logging.getLogger(__name__)
 
-# Camera elevations, in degrees, of the training renders (6 rings, -10 to 40): the models
-# have seen no other. Values outside are run, with a warning.
-TRAINED_ELEVATION_DEG = (-10.0, 40.0)
 # Seeds are those torch.Generator.manual_seed accepts without wrapping: unsigned 64-bit.
 SEED_MAX = 2**64 - 1
 
@@ -92,7 +90,7 @@ def check_settings(elevation_deg, seed, num_steps=None, min_cfg=None, max_cfg=No
         UsageError: naming the setting, its flag and the value expected.
     """
     elevation = _finite(elevation_deg, "elevation_deg", "--elevation", " of degrees")
-    low, high = TRAINED_ELEVATION_DEG
+    low, high = TRAINED_ELEVATION_RANGE_DEG  # the training rings' elevations; others run with a warning
     if not low <= elevation <= high:
         log.warning("elevation %g degrees is outside the range the models were trained on (%g to %g degrees): "
                     "the views will likely be poor", elevation, low, high)

@@ -271,8 +271,8 @@ class Hi3DPipeline:
         picture, _, name = open_input(image)
         return check_stage1_outputs(layout, image_sha256(picture), name)
 
-    def _sample_orbit(self, source: InputImage, settings: RunSettings, generator: torch.Generator,
-                      callback: StepCallback | None) -> np.ndarray:
+    def _sample_stage1(self, source: InputImage, settings: RunSettings, generator: torch.Generator,
+                       callback: StepCallback | None) -> np.ndarray:
         """The orbit of ``source``, uint8 (T, H, W, 3)."""
         model = self.model("orbit")
         frame = pixels_to_tensor(resize_and_center_crop(np.asarray(source.white), model_resolution(model)))
@@ -282,17 +282,18 @@ class Hi3DPipeline:
         self._after_stage()
         return pixels
 
-    def _write_orbit(self, source: InputImage, target: OutputLayout, pixels: np.ndarray, settings: RunSettings) -> None:
+    def _write_stage1(self, source: InputImage, target: OutputLayout, pixels: np.ndarray,
+                      settings: RunSettings) -> None:
         """Write stage 1's files into ``target``."""
         target.rgba.parent.mkdir(parents=True, exist_ok=True)
         source.rgba.save(target.rgba)
         source.white.save(target.white)
-        write_mp4(pixels, target.first_video)
-        write_views(pixels, target.first_views)
-        Image.fromarray(contact_sheet(pixels)).save(target.first_sheet)
+        write_mp4(pixels, target.stage1_video)
+        write_views(pixels, target.stage1_views)
+        Image.fromarray(contact_sheet(pixels)).save(target.stage1_sheet)
         write_stage1_record(target, source.path, source.sha256, settings, self._weights["orbit"])
 
-    def _sample_refine(self, video: np.ndarray, white: np.ndarray, settings: RunSettings, generator: torch.Generator,
+    def _sample_stage2(self, video: np.ndarray, white: np.ndarray, settings: RunSettings, generator: torch.Generator,
                        callback: StepCallback | None) -> np.ndarray:
         """Refine a stage-1 orbit as stage 2 reads it (``video`` uint8 (T, h, w, 3) decoded from the mp4,
         ``white`` the input on white, uint8 (H, W, 3)); returns uint8 (T, S, S, 3)."""
@@ -307,16 +308,16 @@ class Hi3DPipeline:
         self._after_stage()
         return pixels
 
-    def _write_refine(self, target: OutputLayout, pixels: np.ndarray, settings: RunSettings,
+    def _write_stage2(self, target: OutputLayout, pixels: np.ndarray, settings: RunSettings,
                       stage1: dict | None) -> None:
         """Write stage 2's files into ``target``."""
-        write_mp4(pixels, target.second_video)
-        write_views(pixels, target.second_views)
+        write_mp4(pixels, target.stage2_video)
+        write_views(pixels, target.stage2_views)
         masks = foreground_masks(pixels).astype(np.uint8) * 255
-        target.second_masks.mkdir(parents=True, exist_ok=True)
+        target.stage2_masks.mkdir(parents=True, exist_ok=True)
         for index, mask in enumerate(masks):
-            Image.fromarray(mask).save(target.second_masks / f"mask_{index:02d}.png")
-        Image.fromarray(contact_sheet(pixels)).save(target.second_sheet)
+            Image.fromarray(mask).save(target.stage2_masks / f"mask_{index:02d}.png")
+        Image.fromarray(contact_sheet(pixels)).save(target.stage2_sheet)
         write_stage2_record(target, settings, self._weights["refine"], stage1)
 
     def run_mesh(
@@ -398,11 +399,11 @@ class Hi3DPipeline:
         for stage in ordered[:2]:
             self.model(stage)  # a bad checkpoint stops the run before any sampling
         result = Hi3DResult(None)
-        orbit = self._sample_orbit(source, settings, self._generator(settings.seed, generator), callback)
+        orbit = self._sample_stage1(source, settings, self._generator(settings.seed, generator), callback)
         result.orbit = StageResult(None, [], orbit)
         if "refine" in stages:
             white = np.asarray(source.white.convert("RGB"))
-            refined = self._sample_refine(mp4_round_trip(orbit), white, settings,
+            refined = self._sample_stage2(mp4_round_trip(orbit), white, settings,
                                           self._generator(settings.seed, generator), callback)
             result.refined = StageResult(None, [], refined)
         if "mesh" in stages:
@@ -431,23 +432,23 @@ class Hi3DPipeline:
             with StagedOutput(layout.root, overwrite) as folder:
                 staged = OutputLayout(folder)
                 if source is not None:
-                    orbit = self._sample_orbit(source, settings, self._generator(settings.seed, generator), callback)
-                    self._write_orbit(source, staged, orbit, settings)
+                    orbit = self._sample_stage1(source, settings, self._generator(settings.seed, generator), callback)
+                    self._write_stage1(source, staged, orbit, settings)
                     stage1 = read_stage1_record(staged)
                 if "refine" in stages:
                     read_from = staged if source is not None else layout
                     white = np.asarray(read_image(read_from.white).convert("RGB"))
-                    refined = self._sample_refine(read_mp4(read_from.first_video), white, settings,
+                    refined = self._sample_stage2(read_mp4(read_from.stage1_video), white, settings,
                                                   self._generator(settings.seed, generator), callback)
-                    self._write_refine(staged, refined, settings, stage1)
+                    self._write_stage2(staged, refined, settings, stage1)
             if source is not None:
-                result.orbit = StageResult(layout.first_video, _views(layout.first_views, orbit), orbit,
-                                           {"contact_sheet": layout.first_sheet, "white": layout.white,
-                                            "rgba": layout.rgba, "record": layout.first_record})
+                result.orbit = StageResult(layout.stage1_video, _views(layout.stage1_views, orbit), orbit,
+                                           {"contact_sheet": layout.stage1_sheet, "white": layout.white,
+                                            "rgba": layout.rgba, "record": layout.stage1_record})
             if "refine" in stages:
-                result.refined = StageResult(layout.second_video, _views(layout.second_views, refined), refined,
-                                             {"contact_sheet": layout.second_sheet, "masks": layout.second_masks,
-                                              "record": layout.second_record})
+                result.refined = StageResult(layout.stage2_video, _views(layout.stage2_views, refined), refined,
+                                             {"contact_sheet": layout.stage2_sheet, "masks": layout.stage2_masks,
+                                              "record": layout.stage2_record})
             _warn_about_stale_results(layout, stages)
         if "mesh" in stages:
             result.mesh = self.run_mesh(output_dir, elevation_deg, overwrite, mesh_config, callback)
@@ -467,7 +468,7 @@ def _views(folder: Path, pixels: np.ndarray, prefix: str = "view") -> list[Path]
 def _warn_about_stale_results(layout: OutputLayout, stages: tuple[str, ...]) -> None:
     """Warn when results of the next stage, left in place, were made from the outputs just replaced."""
     last = "refine" if "refine" in stages else "orbit"
-    following = {"orbit": ("refine", layout.second_video.parent), "refine": ("mesh", layout.mesh_dir)}[last]
+    following = {"orbit": ("refine", layout.stage2_video.parent), "refine": ("mesh", layout.mesh_dir)}[last]
     stage, folder = following
     if stage not in stages and folder.exists():
         log.warning("%s holds results made from earlier stage-%d outputs, not from this run's: rerun the %r stage "

@@ -70,39 +70,39 @@ class OutputLayout:
         return self.root / "temp_image" / "white.png"
 
     @property
-    def first_video(self) -> Path:
+    def stage1_video(self) -> Path:
         return self.root / "first_step" / "first.mp4"
 
     @property
-    def first_record(self) -> Path:
+    def stage1_record(self) -> Path:
         return self.root / "first_step" / RECORD_NAME
 
     @property
-    def first_views(self) -> Path:
+    def stage1_views(self) -> Path:
         return self.root / "first_step" / "views"
 
     @property
-    def first_sheet(self) -> Path:
+    def stage1_sheet(self) -> Path:
         return self.root / "first_step" / "contact_sheet.png"
 
     @property
-    def second_video(self) -> Path:
+    def stage2_video(self) -> Path:
         return self.root / "second_step_video" / "second.mp4"
 
     @property
-    def second_record(self) -> Path:
+    def stage2_record(self) -> Path:
         return self.root / "second_step_video" / RECORD_NAME
 
     @property
-    def second_views(self) -> Path:
+    def stage2_views(self) -> Path:
         return self.root / "second_step_video" / "views"
 
     @property
-    def second_masks(self) -> Path:
+    def stage2_masks(self) -> Path:
         return self.root / "second_step_video" / "masks"
 
     @property
-    def second_sheet(self) -> Path:
+    def stage2_sheet(self) -> Path:
         return self.root / "second_step_video" / "contact_sheet.png"
 
     @property
@@ -112,9 +112,9 @@ class OutputLayout:
     def stage_outputs(self, stage: int) -> list[Path]:
         """Files and folders that stage 1 or 2 writes."""
         if stage == 1:
-            return [self.rgba, self.white, self.first_video, self.first_views, self.first_sheet, self.first_record]
+            return [self.rgba, self.white, self.stage1_video, self.stage1_views, self.stage1_sheet, self.stage1_record]
         if stage == 2:
-            return [self.second_video, self.second_views, self.second_masks, self.second_sheet, self.second_record]
+            return [self.stage2_video, self.stage2_views, self.stage2_masks, self.stage2_sheet, self.stage2_record]
         raise ValueError(f"stage must be 1 or 2, got {stage}")
 
     def ensure_writable(self, stage: int, overwrite: bool) -> None:
@@ -132,7 +132,7 @@ class OutputLayout:
 
     def require_stage1(self) -> None:
         """Stage 2 reads stage 1's white.png and first.mp4: fail clearly if they are absent."""
-        missing = [p for p in (self.white, self.first_video) if not p.is_file()]
+        missing = [p for p in (self.white, self.stage1_video) if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"stage 2 needs the stage-1 outputs in {self.root}, missing: {', '.join(map(str, missing))} "

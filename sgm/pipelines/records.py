@@ -47,7 +47,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _stage1_checked_files(layout: OutputLayout) -> list[Path]:
-    return [layout.white, layout.first_video]
+    return [layout.white, layout.stage1_video]
 
 
 def write_stage1_record(layout: OutputLayout, input_path: str | None, input_sha256: str,
@@ -56,14 +56,14 @@ def write_stage1_record(layout: OutputLayout, input_path: str | None, input_sha2
     outputs = {path.relative_to(layout.root).as_posix(): file_sha256(path) for path in _stage1_checked_files(layout)}
     record = {"stage": 1, "input": {"path": input_path, "image_sha256": input_sha256},
               "settings": settings.as_dict(), "model": model, "outputs": outputs}
-    return _write(layout.first_record, record)
+    return _write(layout.stage1_record, record)
 
 
 def write_stage2_record(layout: OutputLayout, settings: RunSettings, model: dict, stage1: dict | None) -> Path:
     """Write ``second_step_video/run.json``; ``stage1`` is the record of the outputs refined (None: none found)."""
     source = None if stage1 is None else {key: stage1.get(key) for key in ("input", "outputs")}
     record = {"stage": 2, "settings": settings.as_dict(), "model": model, "stage1": source}
-    return _write(layout.second_record, record)
+    return _write(layout.stage2_record, record)
 
 
 def _write(path: Path, record: dict) -> Path:
@@ -79,7 +79,7 @@ def read_stage1_record(layout: OutputLayout) -> dict | None:
     Raises:
         UsageError: the record is not readable JSON of the expected form.
     """
-    path = layout.first_record
+    path = layout.stage1_record
     if not path.is_file():
         return None
     try:
@@ -110,18 +110,18 @@ def check_stage1_outputs(layout: OutputLayout, image_sha: str | None = None,
     if record is None:
         unchecked = " nor --image_path against them" if image_sha is not None else ""
         log.warning("%s has no stage-1 record (made by an older version or the official scripts): cannot check "
-                    "that %s and %s belong together%s", layout.root, layout.white.name, layout.first_video.name,
+                    "that %s and %s belong together%s", layout.root, layout.white.name, layout.stage1_video.name,
                     unchecked)
         return None
     for relative, expected in record["outputs"].items():
         path = layout.root / relative
         if not path.is_file() or file_sha256(path) != expected:
-            raise UsageError(f"{path} is not the file that stage 1 recorded in {layout.first_record}: the stage-1 "
+            raise UsageError(f"{path} is not the file that stage 1 recorded in {layout.stage1_record}: the stage-1 "
                              "outputs were changed or mixed with another run's; rerun stage 1 with --overwrite")
     recorded = record["input"]
     if image_sha is not None and image_sha != recorded["image_sha256"]:
         made_from = recorded.get("path") or "an in-memory image"
         raise UsageError(f"--image_path {image_name} is not the image the stage-1 outputs in {layout.root} were "
-                         f"made from ({made_from}, per {layout.first_record}); pass that image, or rerun stage 1 "
+                         f"made from ({made_from}, per {layout.stage1_record}); pass that image, or rerun stage 1 "
                          "on this one")
     return record

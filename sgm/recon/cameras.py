@@ -1,7 +1,8 @@
 """The project's one camera convention: orbit rings around an object at the origin.
 
 Everything that places a camera (the synthetic renderer, the orbit data loader, the 3D
-reconstruction) goes through this module; nothing else defines poses.
+reconstruction) goes through this module; the angles of the views (rings, azimuth order, the
+camera of each generated frame) come from :mod:`sgm.common.orbit`; nothing else defines poses.
 
 Convention ``hi3d-orbit-v1``
 ----------------------------
@@ -14,17 +15,13 @@ World
 Camera placement
     On a sphere of radius ``distance`` (default 1.5, world units) looking at the origin,
     world +z projecting to image-up. For elevation ``e`` and azimuth ``a`` (both in
-    DEGREES) the camera centre is
-    ``distance * (cos e cos a, cos e sin a, sin e)``.
-    Positive elevation puts the camera above the equator, looking down.
-    Azimuth 0 is the +x axis; azimuth increases COUNTER-CLOCKWISE SEEN FROM ABOVE
-    (looking down -z), i.e. from +x towards +y. As the frame index grows the camera
-    circles counter-clockwise, so the object appears to turn clockwise (seen from above):
-    a point on its front moves towards the image LEFT.
+    DEGREES) the camera centre is ``distance * (cos e cos a, cos e sin a, sin e)``
+    (:func:`sgm.common.orbit.camera_direction`).
 Orbit
-    ``n`` azimuths evenly spaced (16 -> 22.5 degrees apart) starting at the input view:
-    frame 0 of a ring is azimuth 0. Training rings are at elevations -10, 0, 10, 20, 30
-    and 40 degrees; an object folder stores them ring-major, azimuth-minor.
+    As :mod:`sgm.common.orbit` defines it: ``n`` azimuths evenly spaced (16 -> 22.5 degrees
+    apart), counter-clockwise seen from above, starting at the input view: frame 0 of a ring
+    is azimuth 0. Training rings are at elevations -10, 0, 10, 20, 30 and 40 degrees; an
+    object folder stores them ring-major, azimuth-minor.
 Camera axes (OpenCV)
     x right, y down, z forward (along the viewing direction). World-to-camera maps a world
     point ``X`` to ``R @ X + t``; the camera centre is ``-R.T @ t``.
@@ -47,29 +44,17 @@ from typing import Any
 
 import numpy as np
 
+from sgm.common.orbit import RING_ELEVATIONS_DEG, VIEWS_PER_RING, camera_direction, orbit_azimuths_deg
+
 CONVENTION = "hi3d-orbit-v1"
 DEFAULT_DISTANCE = 1.5
 DEFAULT_FOV_DEG = math.degrees(2.0 * math.atan(16.0 / 35.0))
-DEFAULT_ELEVATIONS_DEG: tuple[float, ...] = (-10.0, 0.0, 10.0, 20.0, 30.0, 40.0)
-DEFAULT_NUM_AZIMUTHS = 16
 WORLD_UP = (0.0, 0.0, 1.0)
-
-
-def orbit_azimuths_deg(n: int = DEFAULT_NUM_AZIMUTHS) -> np.ndarray:
-    """Azimuths of one ring in degrees, ``(n,)``: ``0, 360/n, ..., 360 (n-1)/n``."""
-    if n < 1:
-        raise ValueError(f"an orbit needs at least one azimuth, got n={n}")
-    return np.arange(n, dtype=np.float64) * (360.0 / n)
 
 
 def camera_position(elevation_deg: Any, azimuth_deg: Any, distance: float = DEFAULT_DISTANCE) -> np.ndarray:
     """Camera centre(s) in world units, ``(..., 3)``; angles in degrees, broadcast together."""
-    elev = np.radians(np.asarray(elevation_deg, dtype=np.float64))
-    azim = np.radians(np.asarray(azimuth_deg, dtype=np.float64))
-    elev, azim = np.broadcast_arrays(elev, azim)
-    return distance * np.stack(
-        [np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], axis=-1
-    )
+    return distance * camera_direction(elevation_deg, azimuth_deg)
 
 
 def look_at(
@@ -202,7 +187,7 @@ def cameras_at(
 
 def orbit_cameras(
     elevation_deg: float,
-    n: int = DEFAULT_NUM_AZIMUTHS,
+    n: int = VIEWS_PER_RING,
     distance: float = DEFAULT_DISTANCE,
     fov_deg: float = DEFAULT_FOV_DEG,
     width: int = 512,
@@ -213,8 +198,8 @@ def orbit_cameras(
 
 
 def orbit_rings(
-    elevations_deg: Sequence[float] = DEFAULT_ELEVATIONS_DEG,
-    n: int = DEFAULT_NUM_AZIMUTHS,
+    elevations_deg: Sequence[float] = RING_ELEVATIONS_DEG,
+    n: int = VIEWS_PER_RING,
     distance: float = DEFAULT_DISTANCE,
     fov_deg: float = DEFAULT_FOV_DEG,
     width: int = 512,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sgm.common.orbit import VIEWS_PER_RING, frame_azimuths_deg
 from sgm.common.progress import StepCallback
 from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at
 from sgm.recon.gaussians import GaussianScene
@@ -34,7 +35,7 @@ from sgm.recon.rasterize import render_views
 MAX_ELEVATION_DEG = 80.0
 
 
-def novel_view_angles(elevation_deg: float, count: int, num_input: int = 16,
+def novel_view_angles(elevation_deg: float, count: int, num_input: int = VIEWS_PER_RING,
                       offset_deg: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
     """Elevations and azimuths (degrees, ``(count,)`` each) of the extra views (see the module docstring)."""
     if count < 0:
@@ -42,7 +43,7 @@ def novel_view_angles(elevation_deg: float, count: int, num_input: int = 16,
     step = 360.0 / num_input
     same_ring = math.ceil(count / 2)
     slots = np.floor(np.arange(same_ring) * num_input / max(same_ring, 1))
-    azim_same = (slots + 0.5) * step
+    azim_same = frame_azimuths_deg(slots + 0.5, num_input)  # halfway between input frames
     others = count - same_ring
     azim_other = (np.arange(others) * 360.0 / max(others, 1) + 0.25 * step) % 360.0
     signs = np.where(np.arange(others) % 2 == 0, 1.0, -1.0)
@@ -51,7 +52,7 @@ def novel_view_angles(elevation_deg: float, count: int, num_input: int = 16,
             np.concatenate([azim_same, azim_other]))
 
 
-def novel_view_cameras(elevation_deg: float, count: int, width: int, height: int, num_input: int = 16,
+def novel_view_cameras(elevation_deg: float, count: int, width: int, height: int, num_input: int = VIEWS_PER_RING,
                        offset_deg: float = 20.0, distance: float = DEFAULT_DISTANCE,
                        fov_deg: float = DEFAULT_FOV_DEG) -> OrbitCameras:
     """The ``count`` extra cameras as :class:`OrbitCameras` of ``width`` x ``height`` pixels."""

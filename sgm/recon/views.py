@@ -8,7 +8,8 @@ Accepted inputs (see :func:`load_views`):
   else from the white threshold of :func:`sgm.common.images.foreground_masks`.
   A ``cameras.json`` beside the PNGs (written by this stage or by
   ``scripts/render_synthetic_orbits.py``) gives each file's camera; without it view ``k`` of
-  ``V`` is at azimuth ``k * 360 / V`` degrees on one ring at the given elevation.
+  ``V`` is at azimuth ``k * 360 / V`` degrees on one ring at the given elevation (the
+  generated-frame mapping of :mod:`sgm.common.orbit`).
 * a pipeline output folder (it holds ``second_step_video/views``): its refined views.
 * a video file: its frames, masks from the white threshold, one ring as above.
 
@@ -28,8 +29,9 @@ from PIL import Image, UnidentifiedImageError
 
 from sgm.common.errors import UsageError
 from sgm.common.images import foreground_masks
+from sgm.common.orbit import orbit_azimuths_deg
 from sgm.common.video_io import read_mp4
-from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at, orbit_azimuths_deg
+from sgm.recon.cameras import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, OrbitCameras, cameras_at
 
 MIN_VIEWS = 16
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
