@@ -14,9 +14,9 @@ calls) add up to one run:
 2. ``autoencoder``: the VAE (configs/demo-train-autoencoder.yaml), as an autoencoder; its
    weights go to WORK/autoencoder.safetensors.
 3. ``stage1``: init file (random UNet and image encoder, the trained VAE as first stage and as
-   condition-frame encoder), then configs/demo-v01.yaml + demo-train-v01.yaml; every weight of
+   condition-frame encoder), then configs/demo-train-v01.yaml (on demo-v01.yaml); every weight of
    the trained model goes to EXPORT/stage1.safetensors (float16; EXPORT: demo/models/).
-4. ``stage2``: the same for configs/demo-v02.yaml + demo-train-v02.yaml.
+4. ``stage2``: the same with configs/demo-train-v02.yaml (on demo-v02.yaml).
 
 Across device calls (a call: at most 10 minutes, at most 8 files of 16 MiB back): ``--pack DIR``
 writes, at the end of a call, what a later call needs to continue (the log, the finished phases'
@@ -63,6 +63,7 @@ from sgm.models.autoencoder_training import autoencoder_state_dict
 ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_SEED, HELDOUT_SEED = 0, 1
+# Per stage: its demo (inference) config, and the training overlay on it.
 STAGES = {"stage1": ("configs/demo-v01.yaml", "configs/demo-train-v01.yaml"),
           "stage2": ("configs/demo-v02.yaml", "configs/demo-train-v02.yaml")}
 TRAINING_PHASES = ("autoencoder", "stage1", "stage2")
@@ -259,7 +260,7 @@ def latent_scale_factor(plan: Plan, views: int = 256) -> float:
     """1 / std of the VAE's latent samples over ``views`` training views at the stage-1 size (64 px)."""
     from sgm.data.video_dataset import load_frame
 
-    config = load_config(STAGES["stage1"][0])
+    config = load_config(ROOT / STAGES["stage1"][0])
     vae = AutoencoderKL(**config.model.params.first_stage_config.params)
     vae.load_state_dict(load_file(autoencoder_file(plan)))
     files = sorted((plan.work / "train").glob("*/*.png"))[::7][:views]
@@ -286,7 +287,7 @@ def write_init(plan: Plan, stage: str) -> Path:
     if path.exists():
         return path
     torch.manual_seed(0)
-    model = build_model(load_config([ROOT / c for c in STAGES[stage]]), random_pretrained_encoders=True)
+    model = build_model(load_config(ROOT / STAGES[stage][1]), random_pretrained_encoders=True)
     vae_weights = load_file(autoencoder_file(plan))
     loaded = 0
     for module in model.modules():
@@ -400,10 +401,10 @@ def run(plan: Plan, only: str | None) -> int:
     log(plan, phase="scale_factor", value=scale)
     warn_unless_configs_hold(scale)
     stage_overrides = [data_override, f"model.params.scale_factor={scale}"]
-    for stage, configs in STAGES.items():
+    for stage, (_, training_config) in STAGES.items():
         if wanted(stage) and not done_file(plan, stage).exists():
             init = write_init(plan, stage)
-            if not train(plan, stage, list(configs), [*stage_overrides, f"model.params.ckpt_path={init}"]):
+            if not train(plan, stage, [training_config], [*stage_overrides, f"model.params.ckpt_path={init}"]):
                 return 0
             finish(plan, stage, lambda stage=stage: export_stage(plan, stage, scale))
     return 0
