@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sgm.cli import run_main
 from sgm.common.devices import resolve_device
@@ -31,8 +30,7 @@ from sgm.data.synthetic_orbits import ObjectSpec
 from sgm.recon.cameras import OrbitCameras, cameras_at
 from sgm.recon.export import Mesh, read_mesh
 from sgm.recon.gaussians import GaussianScene
-from sgm.recon.mesh import mesh_from_sdf
-from sgm.recon.metrics import image_metrics, mesh_metrics
+from sgm.recon.metrics import image_metrics, mesh_metrics, sdf_surface
 from sgm.recon.rasterize import BACKENDS, render_views
 from sgm.recon.views import ViewError, read_pixels, split_rgba
 
@@ -99,8 +97,7 @@ def ground_truth_mesh(gt_dir: Path, gt_mesh: Path | None, resolution: int) -> Me
     """``gt_mesh`` when given, else the zero level set of ``gt_dir/object.json``'s exact SDF."""
     if gt_mesh is not None:
         return read_mesh(gt_mesh)
-    spec = ObjectSpec.from_json(read_json(gt_dir / "object.json"))
-    return mesh_from_sdf(lambda p: spec.sdf(torch.as_tensor(p, dtype=torch.float64)).numpy(), resolution)
+    return sdf_surface(ObjectSpec.from_json(read_json(gt_dir / "object.json")), resolution)
 
 
 def evaluate(recon_dir: Path, gt_dir: Path, pred_mesh: Path | None = None, gt_mesh: Path | None = None,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sgm.recon.export import Mesh
+from sgm.recon.mesh import mesh_from_sdf
 
 IOU_BOUND = 0.55
 
@@ -75,6 +76,13 @@ def normalize_mesh(mesh: Mesh) -> Mesh:
     if extent <= 0:
         raise ValueError("cannot normalise a mesh whose bounding box is a point")
     return Mesh((mesh.vertices - (lo + hi) / 2) / extent, mesh.faces, mesh.colors)
+
+
+def sdf_surface(spec, resolution: int = 128) -> Mesh:
+    """The true surface of a procedural object: the zero level set of ``spec.sdf`` (an
+    :class:`~sgm.data.synthetic_orbits.ObjectSpec`, world units) through marching tetrahedra on a
+    ``resolution^3`` grid (:func:`~sgm.recon.mesh.mesh_from_sdf`)."""
+    return mesh_from_sdf(lambda p: spec.sdf(torch.as_tensor(p, dtype=torch.float64)).numpy(), resolution)
 
 
 def sample_surface(mesh: Mesh, count: int, generator: torch.Generator) -> np.ndarray:
