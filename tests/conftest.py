@@ -34,9 +34,11 @@ def small_demo_configs(folder: Path, size1: int = 64, size2: int = 128) -> tuple
     """The demo configs at smaller resolutions (same networks), written to ``folder``: fast CPU runs."""
     from omegaconf import OmegaConf
 
+    from sgm.config import load_config
+
     paths = []
     for name, size in (("demo-v01.yaml", size1), ("demo-v02.yaml", size2)):
-        config = OmegaConf.load(ROOT / "configs" / name)
+        config = load_config(ROOT / "configs" / name)  # its base: chain resolved
         config.model.params.resolution = size
         OmegaConf.save(config, folder / name)
         paths.append(folder / name)

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, small_demo_configs
+from omegaconf import OmegaConf
 from PIL import Image
 
 from sgm.common.errors import USER_ERRORS, UsageError
+from sgm.config import load_config
 from sgm.evaluation.demo_eval import METHODS, untrained_config
 from sgm.evaluation.held_out import HeldOutDataError, scan_held_out
 from sgm.evaluation.orbit_metrics import (
@@ -140,8 +142,8 @@ def test_the_untrained_baseline_drops_every_trained_weight(tmp_path: Path):
     path, same = untrained_config(ROOT / "configs" / "demo-v01.yaml", tmp_path / "a")
     assert same  # the demo config names no checkpoint: it is its own untrained baseline
     trained = tmp_path / "trained.yaml"
-    trained.write_text((ROOT / "configs" / "demo-v01.yaml").read_text().replace(
-        "checkpoint: null", "checkpoint: ckpts/demo/stage1.safetensors"))
+    OmegaConf.save(load_config(ROOT / "configs" / "demo-v01.yaml", ["checkpoint=ckpts/demo/stage1.safetensors"]),
+                   trained)
     path, same = untrained_config(trained, tmp_path / "b")
     assert not same and "checkpoint: null" in path.read_text()
 
@@ -180,8 +182,8 @@ def test_the_script_scores_two_objects_end_to_end(held_out: Path, tmp_path: Path
 
 def test_the_untrained_baseline_is_the_same_random_model_on_every_build(tmp_path: Path):
     trained = tmp_path / "trained.yaml"
-    trained.write_text((ROOT / "configs" / "demo-v01.yaml").read_text().replace(
-        "checkpoint: null", "checkpoint: ckpts/demo/stage1.safetensors"))
+    OmegaConf.save(load_config(ROOT / "configs" / "demo-v01.yaml", ["checkpoint=ckpts/demo/stage1.safetensors"]),
+                   trained)
     path, _ = untrained_config(trained, tmp_path)
     first, second = (Hi3DPipeline.from_configs(path, device="cpu").model("orbit").state_dict() for _ in range(2))
     assert first.keys() == second.keys()

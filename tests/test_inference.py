@@ -22,6 +22,7 @@ from sgm.common.devices import resolve_device
 from sgm.common.errors import CheckpointError, DeviceError, OutputExistsError, UsageError
 from sgm.common.images import InputImageError, read_image, resize_and_center_crop
 from sgm.common.video_io import read_mp4, write_mp4
+from sgm.config import load_config
 from sgm.pipelines.background import load_rembg, remove_background
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.loading import ModelSpec, load_stage_model, resolve_compile
@@ -31,7 +32,7 @@ SIZE1, SIZE2 = 64, 128  # the demo configs at a quarter of their pixels, to keep
 
 
 def _smaller_demo(name: str, resolution: int, folder: Path) -> Path:
-    config = OmegaConf.load(ROOT / "configs" / name)
+    config = load_config(ROOT / "configs" / name)  # its base: chain resolved
     config.model.params.resolution = resolution
     path = folder / name
     OmegaConf.save(config, path)
