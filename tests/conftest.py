@@ -107,3 +107,25 @@ def ray_sphere_views(cameras, radius: float) -> tuple[np.ndarray, np.ndarray, np
         hits.append(disc > 0)
         points.append(origin + depth[..., None] * d_world)
     return np.stack(depths), np.stack(hits), np.stack(points)
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), registered in ``sys.modules``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_orbits(out: Path, size: int, count: int = 2, seed: int = 0) -> Path:
+    """``count`` procedural objects rendered at ``size`` px into ``out`` on the CPU, without antialiasing
+    (scripts/render_synthetic_orbits.py; seconds at 32 px)."""
+    code = load_script("render_synthetic_orbits").main(["--out", str(out), "--num-objects", str(count), "--resolution",
+                                                        str(size), "--seed", str(seed), "--edge-samples", "1",
+                                                        "--device", "cpu"])
+    assert code == 0
+    return out

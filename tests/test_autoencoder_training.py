@@ -7,7 +7,6 @@ Data: two procedural objects rendered at 32x32 by ``scripts/render_synthetic_orb
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import render_orbits
 from torch.utils.data import DataLoader
 
 from sgm.config import build_model, load_config
@@ -30,7 +30,6 @@ from sgm.modules.distributions.distributions import DiagonalGaussianDistribution
 from sgm.util import ConfigError, instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RENDER_SCRIPT = ROOT / "scripts" / "render_synthetic_orbits.py"
 CONFIG = ROOT / "configs" / "demo-train-autoencoder.yaml"
 RENDER_SIZE, SIZE = 32, 16
 VIEWS = 96
@@ -40,13 +39,7 @@ REQUIRED_DROP = 0.5
 
 @pytest.fixture(scope="module")
 def orbit_folder(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("render_synthetic_orbits", RENDER_SCRIPT)
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
-    out = tmp_path_factory.mktemp("orbits")
-    assert render.main(["--out", str(out), "--num-objects", "2", "--resolution", str(RENDER_SIZE),
-                        "--edge-samples", "1", "--device", "cpu"]) == 0
-    return out
+    return render_orbits(tmp_path_factory.mktemp("orbits"), RENDER_SIZE)
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 baseline against a hand computation on a rendered object, and the script end to end on two 64 px objects."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, small_demo_configs
+from conftest import ROOT, load_script, small_demo_configs
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -34,17 +33,10 @@ from sgm.pipelines.hi3d import Hi3DPipeline
 SIZE = 64
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("held_out")
-    assert _script("render_synthetic_orbits").main(["--out", str(out), "--num-objects", "2", "--resolution", str(SIZE),
+    assert load_script("render_synthetic_orbits").main(["--out", str(out), "--num-objects", "2", "--resolution", str(SIZE),
                                                     "--device", "cpu", "--seed", "7"]) == 0
     return out
 
@@ -152,7 +144,7 @@ def test_the_untrained_baseline_drops_every_trained_weight(tmp_path: Path):
 def test_the_script_scores_two_objects_end_to_end(held_out: Path, tmp_path: Path, capsys):
     config1, config2 = small_demo_configs(tmp_path, 64, 96)  # the demo networks at 64 / 96 px: sizes from the configs
     output = tmp_path / "eval.json"
-    results = _script("eval_demo").main([
+    results = load_script("eval_demo").main([
         "--data", str(held_out), "--configs", str(config1), str(config2), "--steps", "2", "--device", "cpu",
         "--mesh-objects", "1", "--mesh-iterations", "20", "--gt-mesh-resolution", "48", "--iou-resolution", "32",
         "--num-points", "2000", "--output", str(output)])
@@ -210,6 +202,6 @@ def test_bad_options_exit_with_code_2_and_no_traceback(held_out: Path, tmp_path:
 def test_bad_options_are_named_before_any_model_is_built(held_out: Path, tmp_path: Path, extra, error, message):
     output = tmp_path / "x.json"
     with pytest.raises(error, match=message):
-        _script("eval_demo").main(["--data", str(held_out), "--output", str(output), *extra])
+        load_script("eval_demo").main(["--data", str(held_out), "--output", str(output), *extra])
     assert not output.exists()
     assert issubclass(error, USER_ERRORS)

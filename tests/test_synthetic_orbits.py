@@ -1,7 +1,6 @@
 """Camera convention, procedural objects, the sphere tracer and the orbit-folder script."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
 from sgm.common.errors import DeviceError
 from sgm.common.orbit import orbit_azimuths_deg
@@ -40,13 +40,6 @@ from sgm.recon.cameras import (
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "render_synthetic_orbits.py"
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("render_synthetic_orbits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _probe(center, radius=0.08) -> ObjectSpec:
@@ -200,7 +193,7 @@ def test_off_centre_probe_appears_where_the_cameras_project_it(center):
 
 
 def test_script_layout_refusal_and_overwrite(tmp_path):
-    script = _script()
+    script = load_script("render_synthetic_orbits")
     argv = ["--out", str(tmp_path), "--num-objects", "1", "--resolution", "16", "--seed", "5"]
     assert script.main(argv) == 0
     (folder,) = tmp_path.iterdir()
@@ -238,7 +231,7 @@ def test_script_device_cuda_without_cuda_exits_2_with_one_named_error(tmp_path):
 
 
 def test_script_unknown_device_name_is_a_named_error(tmp_path, capsys):
-    assert _script().main(["--out", str(tmp_path), "--num-objects", "1", "--device", "gpu0"]) == 2
+    assert load_script("render_synthetic_orbits").main(["--out", str(tmp_path), "--num-objects", "1", "--device", "gpu0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--device 'gpu0'" in err and "\n" not in err
 

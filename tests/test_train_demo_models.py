@@ -2,7 +2,6 @@
 carried-over run, and the packing that carries a run from one device call to the next."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -35,11 +35,7 @@ def tiny_overrides() -> list[str]:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_demo_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_demo_models")
 
 
 def test_phase_overrides_are_grouped_and_a_bad_item_is_named(script):

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import redraw_zero_parameters, render_orbits
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
-
-from conftest import redraw_zero_parameters
 
 from sgm.callbacks import ImageLogger
 from sgm.config import build_model, load_config
@@ -42,7 +41,6 @@ from sgm.util import ConfigError, instantiate_from_config
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-RENDER_SCRIPT = ROOT / "scripts" / "render_synthetic_orbits.py"
 TINY_V01 = ROOT / "configs" / "tiny-train-v01.yaml"
 TINY_V02 = ROOT / "configs" / "tiny-train-v02.yaml"
 SIZE = 32
@@ -84,13 +82,7 @@ class ParameterChecksum(pl.Callback):
 
 @pytest.fixture(scope="module")
 def orbit_folder(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("render_synthetic_orbits", RENDER_SCRIPT)
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
-    out = tmp_path_factory.mktemp("orbits")
-    assert render.main(["--out", str(out), "--num-objects", "2", "--resolution", str(SIZE),
-                        "--edge-samples", "1"]) == 0
-    return out
+    return render_orbits(tmp_path_factory.mktemp("orbits"), SIZE)
 
 
 def data_overrides(folder: Path) -> list[str]:
