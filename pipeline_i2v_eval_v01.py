@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from sgm.cli import add_model_args, add_sampling_args, run_main, stage_pipeline
+from sgm.cli import add_model_args, add_sampling_args, run_main, run_settings, stage_pipeline
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -18,9 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = stage_pipeline(args, 1).run_orbit(args.image_path, args.output_dir, elevation_deg=args.elevation,
-                                               seed=args.seed, num_steps=args.num_steps, min_cfg=args.min_cfg,
-                                               max_cfg=args.max_cfg, overwrite=args.overwrite)
+    result = stage_pipeline(args, 1).run_orbit(args.image_path, args.output_dir, **run_settings(args))
     print(f"stage 1 done: {result.video} ({len(result.views)} views in {result.views[0].parent}, "
           f"contact sheet {result.extra['contact_sheet']})")
 

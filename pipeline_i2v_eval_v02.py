@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from sgm.cli import add_model_args, add_sampling_args, run_main, stage_pipeline
+from sgm.cli import add_model_args, add_sampling_args, run_main, run_settings, stage_pipeline
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,9 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = stage_pipeline(args, 2).run_refine(args.output_dir, elevation_deg=args.elevation, seed=args.seed,
-                                                num_steps=args.num_steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg,
-                                                overwrite=args.overwrite, image=args.image_path)
+    result = stage_pipeline(args, 2).run_refine(args.output_dir, image=args.image_path, **run_settings(args))
     print(f"stage 2 done: {result.video} ({len(result.views)} views in {result.views[0].parent}, "
           f"masks in {result.extra['masks']})")
 

@@ -75,6 +75,13 @@ def pipeline_options(args: argparse.Namespace) -> dict:
                 compile=args.compile)
 
 
+def run_settings(args: argparse.Namespace) -> dict:
+    """Keyword arguments of one stage's run (``Hi3DPipeline.run_orbit`` / ``run_refine``) from the flags of
+    :func:`add_sampling_args`."""
+    return dict(elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps, min_cfg=args.min_cfg,
+                max_cfg=args.max_cfg, overwrite=args.overwrite)
+
+
 def stage_pipeline(args: argparse.Namespace, stage: int) -> Hi3DPipeline:
     """The pipeline of the script of ``stage`` (1 or 2) from its flags (:func:`add_model_args`,
     :func:`add_sampling_args`); prints :data:`DEMO_NOTICE` when the model has untrained weights."""
