@@ -8,15 +8,30 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .common.errors import USER_ERRORS
 from .common.orbit import TRAINED_ELEVATION_RANGE_DEG
 from .pipelines.checks import SEED_MAX
 from .pipelines.loading import COMPILE_CHOICES
 
+if TYPE_CHECKING:
+    from .pipelines.hi3d import Hi3DPipeline
+
 DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
                "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
+
+
+def add_model_args(parser: argparse.ArgumentParser, stage: int) -> None:
+    """The model flags (official names) of the script of ``stage`` (1 or 2): its config and weights."""
+    version, released = {1: ("v01", "first_stage.pt"), 2: ("v02", "second_stage.pt")}[stage]
+    parser.add_argument("--denoise_config", default=f"configs/inference-{version}.yaml",
+                        help=f"stage-{stage} model config")
+    parser.add_argument("--denoise_checkpoint", default=None,
+                        help=f"stage-{stage} weights: a released .pt, a .safetensors, a hub file "
+                             "(hf://OWNER/NAME/FILE, downloaded into the hub cache; HF_HUB_OFFLINE=1: the cache only), "
+                             "or a training run's checkpoints/last.ckpt (a file, or a DeepSpeed folder) (default: the "
+                             f"config's 'checkpoint', ckpts/{released})")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, image_required: bool = True,
@@ -58,6 +73,26 @@ def pipeline_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of :class:`~sgm.pipelines.hi3d.Hi3DPipeline` from the shared flags."""
     return dict(device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg, low_memory=args.low_memory,
                 compile=args.compile)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """Keyword arguments of one stage's run (``Hi3DPipeline.run_orbit`` / ``run_refine``) from the flags of
+    :func:`add_sampling_args`."""
+    return dict(elevation_deg=args.elevation, seed=args.seed, num_steps=args.num_steps, min_cfg=args.min_cfg,
+                max_cfg=args.max_cfg, overwrite=args.overwrite)
+
+
+def stage_pipeline(args: argparse.Namespace, stage: int) -> Hi3DPipeline:
+    """The pipeline of the script of ``stage`` (1 or 2) from its flags (:func:`add_model_args`,
+    :func:`add_sampling_args`); prints :data:`DEMO_NOTICE` when the model has untrained weights."""
+    from .pipelines.hi3d import Hi3DPipeline  # the model code, imported by the inference scripts only
+
+    configs = (args.denoise_config, None) if stage == 1 else (None, args.denoise_config)
+    pipe = Hi3DPipeline.from_configs(*configs, **{f"stage{stage}_checkpoint": args.denoise_checkpoint},
+                                     **pipeline_options(args))
+    if pipe.is_untrained("orbit" if stage == 1 else "refine"):
+        print(DEMO_NOTICE)
+    return pipe
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -1,6 +1,8 @@
-"""Shared test fixtures: where the official reference tensors live."""
+"""Shared test fixtures: where the official reference tensors live, the small demo configs and their
+pipeline, and folder digests."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,6 +45,26 @@ def small_demo_configs(folder: Path, size1: int = 64, size2: int = 128) -> tuple
         OmegaConf.save(config, folder / name)
         paths.append(folder / name)
     return paths[0], paths[1]
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> tuple[Path, Path]:
+    """The stage-1 and stage-2 demo configs at small resolutions (:func:`small_demo_configs`), per test module."""
+    return small_demo_configs(tmp_path_factory.mktemp("configs"))
+
+
+@pytest.fixture(scope="module")
+def pipe(configs):
+    """A CPU :class:`~sgm.pipelines.hi3d.Hi3DPipeline` of :func:`configs`, built once per test module."""
+    from sgm.pipelines.hi3d import Hi3DPipeline
+
+    return Hi3DPipeline.from_configs(*configs, device="cpu")
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``root``, by path relative to it: a folder's content, for before/after checks."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def require(available: bool, what: str) -> None:

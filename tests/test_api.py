@@ -2,7 +2,6 @@
 guidance, image-size checks and what a result exposes (tiny demo configs, CPU)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, small_demo_configs
+from conftest import ROOT, digest_tree
 from PIL import Image
 
 import sgm.pipelines.hi3d as hi3d
@@ -24,23 +23,8 @@ STEPS = 1
 
 
 @pytest.fixture(scope="module")
-def configs(tmp_path_factory) -> tuple[Path, Path]:
-    return small_demo_configs(tmp_path_factory.mktemp("configs"))
-
-
-@pytest.fixture(scope="module")
-def pipe(configs) -> Hi3DPipeline:
-    return Hi3DPipeline.from_configs(*configs, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def image_path() -> Path:
     return ROOT / "demo" / "object_a_elev10.png"
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_models_are_built_once_across_calls(configs, image_path, tmp_path, monkeypatch):

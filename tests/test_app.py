@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, require, small_demo_configs
+from conftest import ROOT, require
 from PIL import Image
 
 from sgm.app.jobs import JOB_ID, Job, JobRunner, user_message
@@ -84,11 +84,6 @@ def _write_masks(folder: Path, object_fractions: list[float], size: int = 32) ->
         mask = np.zeros((size, size), np.uint8)
         mask.reshape(-1)[:round(fraction * size * size)] = 255
         Image.fromarray(mask).save(masks / f"mask_{index:02d}.png")
-
-
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory):
-    return small_demo_configs(tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="module")

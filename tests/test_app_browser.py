@@ -191,6 +191,16 @@ def set_number(page, selector: str, value: str) -> None:
     box.press("Enter")
 
 
+def start_step1(page, image: Path, steps: str | None = None, seed: str | None = None) -> None:
+    """Upload ``image``, wait until it is accepted, set the step count and seed when given, press step 1."""
+    upload(page, image)
+    wait_for_status(page, "accepted", RESPONSE_S)
+    for selector, value in (("#steps input[type=number]", steps), ("#seed input", seed)):
+        if value is not None:
+            set_number(page, selector, value)
+    page.click("#run_orbit")
+
+
 def wait_for_toasts_to_fade(page) -> None:
     page.wait_for_function("document.querySelectorAll('.toast-body').length === 0", timeout=TOAST_S * 1000)
 
@@ -207,9 +217,7 @@ def test_stage1_in_the_browser_shows_16_views(page, tmp_path):
     assert "untrained" in page.locator("#notice").inner_text()
     page.set_input_files("#input_file input[type=file]", str(ROOT / "demo" / "object_a_elev10.png"))
     wait_for_status(page, "accepted", RESPONSE_S)
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("2")
-    steps.press("Enter")
+    set_number(page, "#steps input[type=number]", "2")
     start = time.monotonic()
     page.click("#run_orbit")
     page.wait_for_function("document.querySelectorAll('#orbit_gallery img').length >= 16", timeout=STAGE1_S * 1000)
@@ -231,10 +239,7 @@ def test_stage1_in_the_browser_shows_16_views(page, tmp_path):
 
 def test_all_three_steps_in_the_browser_on_the_demo_models_end_with_what_to_change(page, tmp_path):
     """Its screenshot (``HI3D_SCREENSHOT_DIR=DIR``), scaled to 1000 px wide with 256 colours, is docs/app.png."""
-    upload(page, IMAGE_A)
-    wait_for_status(page, "accepted", RESPONSE_S)
-    set_number(page, "#steps input[type=number]", "2")
-    page.click("#run_orbit")
+    start_step1(page, IMAGE_A, steps="2")
     wait_for_status(page, "Stage 1 done", STAGE1_S)
     page.click("#run_refine")
     wait_for_status(page, "Stage 2 done", STAGE2_S)
@@ -255,9 +260,7 @@ def test_all_three_steps_in_the_browser_on_the_demo_models_end_with_what_to_chan
 
 def test_a_3d_step_that_succeeds_shows_the_model_and_its_named_download(synthetic_page, tmp_path):
     page = synthetic_page
-    upload(page, IMAGE_A)
-    wait_for_status(page, "accepted", RESPONSE_S)
-    page.click("#run_orbit")
+    start_step1(page, IMAGE_A)
     wait_for_status(page, "Stage 1 done", 60)
     page.click("#run_refine")
     wait_for_status(page, "Press 3. Make 3D model next", 60)
@@ -312,10 +315,7 @@ def test_an_upload_over_the_size_limit_stays_in_the_status_after_its_toast_fades
 
 
 def test_a_bad_seed_stays_in_the_status(page):
-    upload(page, IMAGE_A)
-    wait_for_status(page, "accepted", RESPONSE_S)
-    set_number(page, "#seed input", "-1")
-    page.click("#run_orbit")
+    start_step1(page, IMAGE_A, seed="-1")
     wait_for_status(page, "the seed must be between 0 and 4294967295, got -1", RESPONSE_S)
     page.wait_for_timeout(2000)
     assert page.locator(".toast-body").count() == 0 and "got -1" in status_text(page)
@@ -346,10 +346,7 @@ def test_the_status_is_cleared_when_a_step_starts(page, tmp_path):
 
 
 def test_after_a_new_upload_step_2_does_not_refine_the_previous_image(page):
-    upload(page, IMAGE_A)
-    wait_for_status(page, "accepted", RESPONSE_S)
-    set_number(page, "#steps input[type=number]", "1")
-    page.click("#run_orbit")
+    start_step1(page, IMAGE_A, steps="1")
     wait_for_status(page, "Stage 1 done for object_a_elev10.png", STAGE1_S)
     upload(page, IMAGE_B)
     wait_for_status(page, "object_b_elev20.png accepted", RESPONSE_S)

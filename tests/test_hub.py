@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, small_demo_configs
+from conftest import ROOT
 from safetensors.torch import save_file
 
 from sgm.checkpoint import read_state_dict
@@ -38,11 +38,6 @@ def fake_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return cache
-
-
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory) -> tuple[Path, Path]:
-    return small_demo_configs(tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="module")

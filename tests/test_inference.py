@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, write_synthetic_stage2
+from conftest import ROOT, digest_tree, write_synthetic_stage2
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
@@ -68,11 +67,6 @@ def finished_run(pipe, rgba_image, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "object"
     pipe(rgba_image, out, elevation_deg=10, seed=3, num_steps=STEPS)
     return out
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_both_stages_write_the_official_layout(finished_run):

@@ -7,7 +7,6 @@ that need them, so that every test here runs, and fails for its own reason, on t
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, small_demo_configs
+from conftest import ROOT, digest_tree
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -61,21 +60,6 @@ def run_cli(script, argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as stop:
         code = stop.code
     return code, capsys.readouterr().err
-
-
-def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory) -> tuple[Path, Path]:
-    return small_demo_configs(tmp_path_factory.mktemp("configs"))
-
-
-@pytest.fixture(scope="module")
-def pipe(configs) -> Hi3DPipeline:
-    return Hi3DPipeline.from_configs(*configs, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -233,30 +217,23 @@ def test_non_finite_frames_stop_the_run_and_write_nothing(pipe, tmp_path, monkey
 
 # --- atomic overwrite and the stage-1 record ----------------------------------------------------------------------
 
-def test_failed_overwrite_keeps_the_earlier_results(pipe, stage1_copy, monkeypatch):
+@pytest.mark.parametrize("sampler, run", [
+    # today white.png was replaced, first.mp4 kept
+    ("generate_orbit", lambda pipe, out: pipe.run_orbit(IMAGE_B, out, num_steps=STEPS, overwrite=True)),
+    # a two-stage overwrite whose stage 2 fails: today stage 1 was replaced by image B's orbit
+    ("refine_orbit", lambda pipe, out: pipe(IMAGE_B, out, num_steps=STEPS, overwrite=True)),
+], ids=["stage1", "stage2-of-two"])
+def test_failed_overwrite_keeps_the_earlier_results(pipe, stage1_copy, monkeypatch, sampler, run):
     before = digest_tree(stage1_copy)
 
     def fail(*args, **kwargs):
         raise RuntimeError("simulated failure while sampling")
 
-    monkeypatch.setattr(hi3d, "generate_orbit", fail)
+    monkeypatch.setattr(hi3d, sampler, fail)
     with pytest.raises(RuntimeError, match="simulated"):
-        pipe.run_orbit(IMAGE_B, stage1_copy, num_steps=STEPS, overwrite=True)
-    assert digest_tree(stage1_copy) == before  # today white.png was replaced, first.mp4 kept
+        run(pipe, stage1_copy)
+    assert digest_tree(stage1_copy) == before
     assert sorted(p.name for p in stage1_copy.iterdir()) == ["first_step", "temp_image"]  # no temporary folder left
-
-
-def test_failed_stage2_of_a_two_stage_overwrite_keeps_stage1(pipe, stage1_copy, monkeypatch):
-    before = digest_tree(stage1_copy)
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("simulated failure while refining")
-
-    monkeypatch.setattr(hi3d, "refine_orbit", fail)
-    with pytest.raises(RuntimeError, match="simulated"):
-        pipe(IMAGE_B, stage1_copy, num_steps=STEPS, overwrite=True)
-    assert digest_tree(stage1_copy) == before  # today stage 1 was replaced by image B's orbit
-    assert sorted(p.name for p in stage1_copy.iterdir()) == ["first_step", "temp_image"]
 
 
 def test_swap_failure_puts_the_earlier_results_back(stage1_copy, monkeypatch):

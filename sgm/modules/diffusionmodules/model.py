@@ -122,20 +122,25 @@ class Upsample(nn.Module):
 
 class _ResolutionLevel(nn.Module):
     """ResnetBlocks at one resolution (``block.{j}``), each followed by ``attn.{j}`` when the level
-    has attention. (N, in_channels, H, W) -> (N, out_channels, H, W)."""
+    has attention, then ``resample`` (when given) under the attribute ``resample_name``.
+    (N, in_channels, H, W) -> (N, out_channels, H', W'), H' and W' as ``resample`` makes them."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, dropout: float, use_attn: bool):
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, dropout: float, use_attn: bool,
+                 resample_name: str, resample: nn.Module | None):
         super().__init__()
         widths = [in_channels] + [out_channels] * num_blocks
         self.block = nn.ModuleList(ResnetBlock(c_in, out_channels, dropout) for c_in in widths[:-1])
         self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks) if use_attn)
+        self.resample_name = resample_name
+        setattr(self, resample_name, resample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j, block in enumerate(self.block):
             x = block(x)
             if len(self.attn):
                 x = self.attn[j](x)
-        return x
+        resample = getattr(self, self.resample_name)
+        return x if resample is None else resample(x)
 
 
 class EncoderLevel(_ResolutionLevel):
@@ -144,12 +149,8 @@ class EncoderLevel(_ResolutionLevel):
     def __init__(
         self, in_channels: int, out_channels: int, num_blocks: int, dropout: float, use_attn: bool, downsample: bool
     ):
-        super().__init__(in_channels, out_channels, num_blocks, dropout, use_attn)
-        self.downsample = Downsample(out_channels) if downsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
-        return x if self.downsample is None else self.downsample(x)
+        super().__init__(in_channels, out_channels, num_blocks, dropout, use_attn, "downsample",
+                         Downsample(out_channels) if downsample else None)
 
 
 class DecoderLevel(_ResolutionLevel):
@@ -158,12 +159,8 @@ class DecoderLevel(_ResolutionLevel):
     def __init__(
         self, in_channels: int, out_channels: int, num_blocks: int, dropout: float, use_attn: bool, upsample: bool
     ):
-        super().__init__(in_channels, out_channels, num_blocks, dropout, use_attn)
-        self.upsample = Upsample(out_channels) if upsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
-        return x if self.upsample is None else self.upsample(x)
+        super().__init__(in_channels, out_channels, num_blocks, dropout, use_attn, "upsample",
+                         Upsample(out_channels) if upsample else None)
 
 
 class MidBlock(nn.Module):
