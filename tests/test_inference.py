@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, digest_tree, write_synthetic_stage2
-from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -21,32 +20,17 @@ from sgm.common.devices import resolve_device
 from sgm.common.errors import CheckpointError, DeviceError, OutputExistsError, UsageError
 from sgm.common.images import InputImageError, read_image, resize_and_center_crop
 from sgm.common.video_io import read_mp4, write_mp4
-from sgm.config import load_config
 from sgm.pipelines.background import load_rembg, remove_background
 from sgm.pipelines.hi3d import Hi3DPipeline
 from sgm.pipelines.loading import ModelSpec, load_stage_model, resolve_compile
 
 STEPS = 2  # the flow is the same at any step count; 25 (the default) is exercised by the README demo
-SIZE1, SIZE2 = 64, 128  # the demo configs at a quarter of their pixels, to keep the suite fast
-
-
-def _smaller_demo(name: str, resolution: int, folder: Path) -> Path:
-    config = load_config(ROOT / "configs" / name)  # its base: chain resolved
-    config.model.params.resolution = resolution
-    path = folder / name
-    OmegaConf.save(config, path)
-    return path
+SIZE1, SIZE2 = 64, 128  # the sizes of conftest.small_demo_configs (the demo configs' own)
 
 
 @pytest.fixture(scope="module")
-def demo_configs(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("configs")
-    return _smaller_demo("demo-v01.yaml", SIZE1, folder), _smaller_demo("demo-v02.yaml", SIZE2, folder)
-
-
-@pytest.fixture(scope="module")
-def pipe(demo_configs) -> Hi3DPipeline:
-    return Hi3DPipeline.from_configs(*demo_configs, device="cpu")
+def demo_configs(configs) -> tuple[Path, Path]:
+    return configs
 
 
 @pytest.fixture(scope="module")
