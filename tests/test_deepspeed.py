@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from sgm.checkpoint import read_state_dict
@@ -234,7 +235,7 @@ def test_convert_script_checks_the_config_and_inference_loads_a_training_checkpo
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"state_dict": model.state_dict(), "global_step": 3}, checkpoint)
     config = tmp_path / "run.yaml"
-    config.write_text(TINY_V01.read_text().replace("ckpt_path: null", "ckpt_path: ckpts/not_here.safetensors"))
+    OmegaConf.save(load_config(TINY_V01, ["model.params.ckpt_path=ckpts/not_here.safetensors"]), config)
 
     wrong = run_script("scripts/convert_checkpoint.py", "--input", str(checkpoint), "--output",
                        str(tmp_path / "w.safetensors"), "--config", str(TINY_V02))
