@@ -42,6 +42,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,17 +145,31 @@ def log(plan: Plan, **entry) -> None:
 
 
 def render(plan: Plan, folder: Path, count: int, seed: int) -> None:
-    """Render ``count`` objects of ``seed`` into ``folder``, unless all are there already."""
-    if folder.is_dir() and len([p for p in folder.iterdir() if (p / "object.json").exists()]) >= count:
-        return
-    if folder.exists():  # a render stopped halfway: start the set again (rendering refuses existing output)
-        for child in sorted(folder.rglob("*"), reverse=True):
-            child.rmdir() if child.is_dir() else child.unlink()
-        folder.rmdir()
+    """Render ``count`` objects of ``seed`` into ``folder`` unless it holds them already.
+
+    The objects are rendered into ``<folder>.partial`` (this script's own; one left by a stopped
+    render is removed) and renamed to ``folder`` when complete.
+
+    Raises:
+        UsageError: ``folder`` exists with fewer objects than ``count`` (nothing is deleted).
+        RuntimeError: the renderer failed.
+    """
+    if folder.is_dir():
+        found = len([p for p in folder.iterdir() if (p / "object.json").exists()])
+        if found >= count:
+            return
+        raise UsageError(f"{folder} holds {found} rendered objects, {count} are asked for: remove the folder "
+                         f"(it is rendered again) or ask for {found}")
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
     start = time.monotonic()
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_synthetic_orbits.py"), "--out", str(folder),
-                    "--num-objects", str(count), "--resolution", str(plan.resolution), "--seed", str(seed),
-                    "--device", plan.render_device], check=True)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_synthetic_orbits.py"), "--out",
+                             str(partial), "--num-objects", str(count), "--resolution", str(plan.resolution),
+                             "--seed", str(seed), "--device", plan.render_device], check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"rendering {folder} failed (exit code {result.returncode})")
+    partial.rename(folder)
     log(plan, phase="data", folder=str(folder), objects=count, seed=seed, seconds=round(time.monotonic() - start, 1))
 
 

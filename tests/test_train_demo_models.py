@@ -119,3 +119,13 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(tmp_path):
     new_entries = log_entries(again)[len(entries):]
     assert not [e for e in new_entries if e["phase"] in ("autoencoder", "stage1", "stage2")], new_entries
     assert not (tmp_path / "export2").exists(), "finished stages are not exported again"
+
+
+def test_a_data_folder_with_too_few_objects_is_refused_and_kept(tmp_path):
+    work = tmp_path / "work"
+    (work / "train" / "mine").mkdir(parents=True)
+    (work / "train" / "mine" / "object.json").write_text("{}")
+    result = run_script("--work", str(work), "--train-objects", "2", "--render-device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {work / 'train'} holds 1 rendered objects, 2 are asked for" in result.stderr
+    assert (work / "train" / "mine" / "object.json").read_text() == "{}"
