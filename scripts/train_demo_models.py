@@ -30,9 +30,9 @@ WORK/runs/<phase>/; at the deadline the child gets SIGTERM and saves ``last.ckpt
 The log (phase, steps, seconds, final loss) is appended to WORK/log.jsonl and printed.
 
 The latent scale factor (1 / standard deviation of the VAE's latents over the training views)
-is computed after phase 2, passed to both stages' training and stored in the exported files'
-metadata; ``model.params.scale_factor`` of both demo configs must hold it (to 4 significant
-digits; the script warns otherwise, tests/test_demo_models.py checks it).
+is computed once, when phase 2 finishes (kept in its done record), passed to both stages'
+training and stored in the exported files' metadata; ``model.params.scale_factor`` of both demo
+configs must hold it (to 4 significant digits; the script warns otherwise).
 """
 from __future__ import annotations
 
@@ -272,7 +272,8 @@ def export_autoencoder(plan: Plan) -> Path:
 
 @torch.no_grad()
 def latent_scale_factor(plan: Plan, views: int = 256) -> float:
-    """1 / std of the VAE's latent samples over ``views`` training views at the stage-1 size (64 px)."""
+    """1 / std of the VAE's latent samples (seeded) over ``views`` training views at the stage-1 size
+    (64 px), to SCALE_DIGITS significant digits."""
     from sgm.data.video_dataset import load_frame
 
     config = load_config(ROOT / STAGES["stage1"][0])
@@ -281,8 +282,9 @@ def latent_scale_factor(plan: Plan, views: int = 256) -> float:
     files = sorted((plan.work / "train").glob("*/*.png"))[::7][:views]
     size = int(config.model.params.resolution)
     frames = torch.stack([load_frame(path, size, size)[0] for path in files])
-    latents = torch.cat([vae.encode(chunk) for chunk in frames.split(32)])
-    return 1.0 / float(latents.std())
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.cat([vae.encode(chunk, generator=generator) for chunk in frames.split(32)])
+    return float(f"{1.0 / float(latents.std()):.{SCALE_DIGITS}g}")
 
 
 def warn_unless_configs_hold(scale: float) -> None:
@@ -391,12 +393,12 @@ def unpack(packed: Path, work: Path) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def finish(plan: Plan, phase: str, save) -> None:
-    """Save the finished phase's weights (``save()``, returning their file) and its done record."""
+def finish(plan: Plan, phase: str, weights: Path, **extra) -> None:
+    """Write the done record of a finished phase whose weights are saved in ``weights`` (with
+    ``extra`` entries)."""
     run = run_folder(plan, phase)
-    path = save()
-    record = {"phase": phase, "steps": checkpoint_step(run), "run": str(run), "weights": str(path),
-              "last_loss": last_loss(run)}
+    record = {"phase": phase, "steps": checkpoint_step(run), "run": str(run), "weights": str(weights),
+              "last_loss": last_loss(run), **extra}
     done_file(plan, phase).write_text(json.dumps(record))
     log(plan, **{**record, "phase": f"{phase} done"})
 
@@ -411,9 +413,10 @@ def run(plan: Plan, only: str | None) -> int:
     if wanted("autoencoder") and not done_file(plan, "autoencoder").exists():
         if not train(plan, "autoencoder", [AUTOENCODER_CONFIG], [data_override]):
             return 0
-        finish(plan, "autoencoder", lambda: export_autoencoder(plan))
-    scale = float(f"{latent_scale_factor(plan):.{SCALE_DIGITS}g}")
-    log(plan, phase="scale_factor", value=scale)
+        weights = export_autoencoder(plan)
+        finish(plan, "autoencoder", weights, scale_factor=latent_scale_factor(plan))
+    # Computed once, when the autoencoder finished: every later call trains the stages with the same value.
+    scale = json.loads(done_file(plan, "autoencoder").read_text())["scale_factor"]
     warn_unless_configs_hold(scale)
     stage_overrides = [data_override, f"model.params.scale_factor={scale}"]
     for stage, (_, training_config) in STAGES.items():
@@ -421,7 +424,7 @@ def run(plan: Plan, only: str | None) -> int:
             init = write_init(plan, stage)
             if not train(plan, stage, [training_config], [*stage_overrides, f"model.params.ckpt_path={init}"]):
                 return 0
-            finish(plan, stage, lambda stage=stage: export_stage(plan, stage, scale))
+            finish(plan, stage, export_stage(plan, stage, scale))
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from sgm.config import build_model, load_config
 from sgm.data.image_dataset import ImageDataset, OrbitViewDataset
+from sgm.data.synthetic_orbits.spec import one_thread
 from sgm.data.video_dataset import load_frame
 from sgm.models.autoencoder import AutoencoderKL
 from sgm.models.autoencoder_training import AUTOENCODER_PREFIX, AutoencoderTraining, autoencoder_state_dict
@@ -40,17 +40,6 @@ REQUIRED_DROP = 0.5
 @pytest.fixture(scope="module")
 def orbit_folder(tmp_path_factory) -> Path:
     return render_orbits(tmp_path_factory.mktemp("orbits"), RENDER_SIZE)
-
-
-@contextmanager
-def one_thread():
-    """Run on one CPU thread: on a loaded 2-core machine, two threads per step are several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def data_overrides(folder: Path, batch_size: int = 4) -> list[str]:

@@ -97,7 +97,7 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(tmp_path):
                                                                "stage2.done.json"]
     assert sorted(p.name for p in (work / "train").iterdir()) == ["synthetic_0_00000", "synthetic_0_00001"]
     assert sorted(p.name for p in (work / "heldout").iterdir()) == ["synthetic_1_00000"]  # seed 1: disjoint
-    (scale,) = [e["value"] for e in entries if e["phase"] == "scale_factor"]
+    (scale,) = [e["scale_factor"] for e in entries if e["phase"] == "autoencoder done"]
 
     for stage, config in (("stage1", "demo-v01.yaml"), ("stage2", "demo-v02.yaml")):
         path = export / f"{stage}.safetensors"
