@@ -94,11 +94,16 @@ def to_model_range(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
+def on_white(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 (H0, W0, 4) straight-alpha RGBA -> uint8 (height, width, 3): composited on white
+    (truncating), then resized bicubic: a view as the models are trained on it."""
+    return resize_uint8(composite_on_white(rgba, "truncate"), width, height, Image.Resampling.BICUBIC)
+
+
 def load_frame(path: Path, width: int, height: int) -> tuple[torch.Tensor, np.ndarray]:
     """One view: ``(3, height, width)`` in [-1, 1] on white, and its uint8 alpha (H0, W0) at file size."""
     rgba = read_rgba(path)
-    rgb = resize_uint8(composite_on_white(rgba, "truncate"), width, height, Image.Resampling.BICUBIC)
-    return to_model_range(rgb), rgba[..., 3]
+    return to_model_range(on_white(rgba, width, height)), rgba[..., 3]
 
 
 # ----------------------------------------------------------------------------------------

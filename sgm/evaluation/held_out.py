@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sgm.common.errors import UsageError
-from sgm.common.images import composite_on_white
 from sgm.data.synthetic_orbits import ObjectSpec
-from sgm.data.video_dataset import clip_positions, read_rgba, resize_uint8
+from sgm.data.video_dataset import clip_positions, on_white, read_rgba
 from sgm.recon.cameras import OrbitCameras, cameras_at
 from sgm.recon.export import Mesh
 from sgm.recon.metrics import sdf_surface
@@ -102,7 +100,7 @@ def view_on_white(path: Path, size: int) -> np.ndarray:
     """One RGBA view composited on white and resized (bicubic) to ``size`` x ``size``: uint8 ``(size, size, 3)``."""
     if not path.is_file():
         raise HeldOutDataError(f"view {path} not found")
-    return resize_uint8(composite_on_white(read_rgba(path), "truncate"), size, size, Image.Resampling.BICUBIC)
+    return on_white(read_rgba(path), size, size)
 
 
 REQUIRED_KEYS = ("files", "ring_elevations_deg", "num_azimuths", "elevations_deg", "azimuths_deg", "distance",
