@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..common.conv_check import CACHE_ENV, ConvShape, GuardReport, ensure_trustworthy_convolutions, record_conv_shapes
 from ..config import build_model, load_config
+from ..models.diffusion import AUTOCAST_DTYPES
 from ..models.hi3d import Stage2VideoLDM
 
 
@@ -108,8 +109,8 @@ def training_conv_shapes(model, clips: int) -> list[ConvShape]:
 
 
 # Lightning precision -> the dtype the convolutions run in (autocast or half weights).
-TRAINING_DTYPES = {"32-true": torch.float32, "32": torch.float32, "16-mixed": torch.float16,
-                   "16-true": torch.float16, "bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16}
+TRAINING_DTYPES = {**AUTOCAST_DTYPES, "32-true": torch.float32, "32": torch.float32, "16-true": torch.float16,
+                   "bf16-true": torch.bfloat16}
 
 
 def tf32_allowed() -> bool:
