@@ -2,7 +2,7 @@
 mesh (--mesh).
 
     python scripts/run_hi3d.py --image_path demo/object_a_elev10.png --output_dir outputs/a --elevation 10
-    python scripts/run_hi3d.py --demo --image_path demo/object_a_elev10.png --output_dir outputs/demo   # tiny random models
+    python scripts/run_hi3d.py --demo --image_path demo/object_a_elev10.png --output_dir outputs/demo   # the demo models
     python scripts/run_hi3d.py --demo --image_path demo --output_dir outputs/batch   # every image of a folder
     python scripts/run_hi3d.py --demo --image_path "demo/object_*.png" --output_dir outputs/batch   # a glob (quoted)
 
@@ -16,20 +16,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from sgm.cli import DEMO_NOTICE, add_sampling_args, pipeline_options, run_main
+from sgm.cli import DEMO_NOTICE, UNTRAINED_NOTICE, add_sampling_args, pipeline_options, run_main
 from sgm.common.errors import USER_ERRORS, UsageError
 from sgm.pipelines.batch import batch_inputs, output_folders
-from sgm.pipelines.hi3d import PRETRAINED, Hi3DPipeline
+from sgm.pipelines.hi3d import DEMO_CONFIGS, PRETRAINED, Hi3DPipeline
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig
 from sgm.recon.simplify import MIN_FACES
 
-DEMO_CONFIGS = ("configs/demo-v01.yaml", "configs/demo-v02.yaml")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", action="store_true", help="use the tiny untrained demo configs (no checkpoints needed)")
+    parser.add_argument("--demo", action="store_true", help="use the small demo models trained on procedural objects (demo/models/; no download)")
     parser.add_argument("--ckpt_dir", default="ckpts",
                         help="folder of the released first_stage.pt / second_stage.pt, or a hub repository hf://OWNER/NAME "
                              "(used without --demo or configs; --stage1_checkpoint / --stage2_checkpoint replace a file)")
@@ -93,6 +91,8 @@ def main(argv=None) -> None:
     images = batch_inputs(args.image_path)  # checked before any model is built
     pipe = build_pipeline(args)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
+        print(UNTRAINED_NOTICE)
+    elif args.demo:
         print(DEMO_NOTICE)
     stages = ("orbit", "refine", "mesh") if args.mesh else ("orbit", "refine")
     config = ReconstructConfig(fit=FitConfig(iterations=args.mesh_iterations), resolution=args.mesh_resolution,

@@ -101,9 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
     parser.add_argument("--train-objects", type=int, default=160)
     parser.add_argument("--heldout-objects", type=int, default=32)
-    parser.add_argument("--autoencoder-steps", type=int, default=1500)
-    parser.add_argument("--stage1-steps", type=int, default=1200)
-    parser.add_argument("--stage2-steps", type=int, default=600)
+    parser.add_argument("--autoencoder-steps", type=int, default=2000)
+    parser.add_argument("--stage1-steps", type=int, default=3000)
+    parser.add_argument("--stage2-steps", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="PHASE:KEY=VALUE",
                         help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
                              "e.g. autoencoder:data.params.batch_size=4")

@@ -18,8 +18,11 @@ from .pipelines.loading import COMPILE_CHOICES
 if TYPE_CHECKING:
     from .pipelines.hi3d import Hi3DPipeline
 
-DEMO_NOTICE = ("NOTE: the demo configs use small UNTRAINED random networks: their outputs are noise. "
-               "For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
+UNTRAINED_NOTICE = ("NOTE: a config names no checkpoint: the model has UNTRAINED random weights and its outputs are "
+                    "noise. For real results place the released checkpoints in ckpts/ (see ckpts/README.md).")
+DEMO_NOTICE = ("NOTE: the demo models are small networks this project trained briefly on its own procedural objects "
+               "(scripts/train_demo_models.py): they know only such objects, and their orbits are blurry and "
+               "approximate. For real images place the released checkpoints in ckpts/ (see ckpts/README.md).")
 
 
 def add_model_args(parser: argparse.ArgumentParser, stage: int) -> None:
@@ -84,14 +87,14 @@ def run_settings(args: argparse.Namespace) -> dict:
 
 def stage_pipeline(args: argparse.Namespace, stage: int) -> Hi3DPipeline:
     """The pipeline of the script of ``stage`` (1 or 2) from its flags (:func:`add_model_args`,
-    :func:`add_sampling_args`); prints :data:`DEMO_NOTICE` when the model has untrained weights."""
+    :func:`add_sampling_args`); prints :data:`UNTRAINED_NOTICE` when the model has untrained weights."""
     from .pipelines.hi3d import Hi3DPipeline  # the model code, imported by the inference scripts only
 
     configs = (args.denoise_config, None) if stage == 1 else (None, args.denoise_config)
     pipe = Hi3DPipeline.from_configs(*configs, **{f"stage{stage}_checkpoint": args.denoise_checkpoint},
                                      **pipeline_options(args))
     if pipe.is_untrained("orbit" if stage == 1 else "refine"):
-        print(DEMO_NOTICE)
+        print(UNTRAINED_NOTICE)
     return pipe
 
 

@@ -172,7 +172,8 @@ def test_error_messages_for_the_page():
 
 def test_models_choice(tmp_path, configs):
     empty = choose_models(tmp_path, device="cpu")
-    assert empty.mode == "demo" and "untrained" in empty.notice and "ckpts/README.md" in empty.notice
+    assert empty.mode == "demo" and "procedural objects" in empty.notice and "ckpts/README.md" in empty.notice
+    assert "untrained" not in empty.notice  # the demo models' weights are in demo/models/
     (tmp_path / "first_stage.pt").write_bytes(b"")
     partial_ckpts = choose_models(tmp_path, device="cpu")
     assert partial_ckpts.mode == "pretrained"
@@ -180,7 +181,11 @@ def test_models_choice(tmp_path, configs):
         partial_ckpts.factory()
     assert choose_models(tmp_path, demo=True, device="cpu").mode == "demo"
     explicit = choose_models(tmp_path, stage1_config=configs[0], stage2_config=configs[1], device="cpu")
-    assert explicit.mode == "configs" and "untrained" in explicit.notice
+    assert explicit.mode == "configs" and explicit.notice == "Using the configs `demo-v01.yaml` and `demo-v02.yaml`."
+    untrained = tmp_path / "untrained-v01.yaml"
+    untrained.write_text(f"base: {configs[0]}\ncheckpoint: null\n")
+    no_weights = choose_models(tmp_path, stage1_config=untrained, stage2_config=configs[1], device="cpu")
+    assert no_weights.mode == "configs" and "untrained" in no_weights.notice
 
 
 def _load_app_module():

@@ -2,6 +2,7 @@
 baseline against a hand computation on a rendered object, and the script end to end on two 64 px objects."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -132,12 +133,11 @@ def test_held_out_folder_errors_name_the_problem(held_out: Path, tmp_path: Path)
 
 def test_the_untrained_baseline_drops_every_trained_weight(tmp_path: Path):
     path, same = untrained_config(ROOT / "configs" / "demo-v01.yaml", tmp_path / "a")
-    assert same  # the demo config names no checkpoint: it is its own untrained baseline
-    trained = tmp_path / "trained.yaml"
-    OmegaConf.save(load_config(ROOT / "configs" / "demo-v01.yaml", ["checkpoint=ckpts/demo/stage1.safetensors"]),
-                   trained)
-    path, same = untrained_config(trained, tmp_path / "b")
-    assert not same and "checkpoint: null" in path.read_text()
+    assert not same and "checkpoint: null" in path.read_text()  # the demo config names its trained weights
+    untrained = tmp_path / "untrained.yaml"
+    OmegaConf.save(load_config(ROOT / "configs" / "demo-v01.yaml", ["checkpoint=null"]), untrained)
+    path, same = untrained_config(untrained, tmp_path / "b")
+    assert same  # a config without weights is its own untrained baseline
 
 
 @pytest.mark.slow
@@ -154,9 +154,11 @@ def test_the_script_scores_two_objects_end_to_end(held_out: Path, tmp_path: Path
     assert "input copied to every frame" in printed and "bicubic upsampling" in printed and "±" in printed
     assert results["complete"] and results["sizes"] == {"stage1": 64, "stage2": 96}
     assert results["data"] == {"folder": str(held_out.resolve()), "objects_found": 2, "objects_evaluated": 2}
-    # The demo configs name no weights: they are their own untrained baseline, whose views are reused.
-    assert results["models"]["untrained"]["same_as_model"] is True
-    assert results["models"]["model"]["stage1"] == {"config": str(config1), "checkpoint": None, "sha256": None}
+    # The demo configs name their trained weights: the untrained baseline is built beside them.
+    assert results["models"]["untrained"]["same_as_model"] is False
+    weights = ROOT / "demo" / "models" / "stage1.safetensors"
+    assert results["models"]["model"]["stage1"] == {"config": str(config1), "checkpoint": "demo/models/stage1.safetensors",
+                                                    "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     for section, method in METHODS:
         assert method in results["means"][section], (section, method)
     first, second = results["objects"]

@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Callable
 
 from ..hub import is_hub_reference
-from ..pipelines.hi3d import CONFIG_DIR, PRETRAINED, Hi3DPipeline
+from ..pipelines.hi3d import DEMO_CONFIGS, PRETRAINED, Hi3DPipeline
 from ..recon.fit import FitConfig
 from ..recon.reconstruct import ReconstructConfig
 
-DEMO_CONFIGS = (CONFIG_DIR / "demo-v01.yaml", CONFIG_DIR / "demo-v02.yaml")
 DEMO_NOTICE = (
-    "**Demo mode: the models are small networks with untrained, random weights, so the views and the "
+    "**Demo mode: small models this project trained briefly on its own procedural objects** "
+    "(`scripts/train_demo_models.py`, `configs/demo-v0{{1,2}}.yaml`). They know only such objects: give them a "
+    "render like `demo/object_a_elev10.png` and expect blurry, approximate orbits (scores on held-out objects in "
+    "`BENCHMARKS.md`). For real images download the released checkpoints, place `first_stage.pt` and "
+    "`second_stage.pt` in `{ckpt_dir}/` (see `ckpts/README.md`) and restart the app."
+)
+UNTRAINED_NOTICE = (
+    "**These configs name no checkpoint: the models have untrained, random weights, so the views and the "
     "videos are noise.** Steps 1 and 2 show the pipeline working; step 3 cannot make a 3D model from noise "
-    "(it finds no object on a white background) and says so. For real results download the released "
-    "checkpoints, place `first_stage.pt` and `second_stage.pt` in `{ckpt_dir}/` (see `ckpts/README.md`) and "
-    "restart the app."
+    "(it finds no object on a white background) and says so. For real results place `first_stage.pt` and "
+    "`second_stage.pt` in `{ckpt_dir}/` (see `ckpts/README.md`) and restart the app."
 )
 PRETRAINED_NOTICE = "Using the released Hi3D checkpoints in `{ckpt_dir}/`."
 CONFIGS_NOTICE = "Using the configs `{stage1}` and `{stage2}`."
@@ -50,7 +55,7 @@ def choose_models(ckpt_dir: str | Path = "ckpts", demo: bool = False, stage1_con
         factory = partial(Hi3DPipeline.from_configs, stage1, stage2, **pipeline_kwargs)
         notice = CONFIGS_NOTICE.format(stage1=stage1.name, stage2=stage2.name)
         if _untrained(factory):
-            notice = DEMO_NOTICE.format(ckpt_dir=ckpt_dir)
+            notice = UNTRAINED_NOTICE.format(ckpt_dir=ckpt_dir)
         return ModelChoice("configs", factory, notice)
     present = on_hub or any((ckpt_dir / name).is_file() for name, _ in PRETRAINED.values())
     if not demo and (present or ckpt_dir_given):

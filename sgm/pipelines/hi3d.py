@@ -62,6 +62,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The released weights of each stage model and the config of its architecture (see ckpts/README.md).
 PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
               "refine": ("second_stage.pt", CONFIG_DIR / "inference-v02.yaml")}
+# The demo models (stage 1, stage 2): small networks trained by scripts/train_demo_models.py on the
+# project's procedural objects; their configs name the weights in demo/models/.
+DEMO_CONFIGS = (CONFIG_DIR / "demo-v01.yaml", CONFIG_DIR / "demo-v02.yaml")
 
 
 @dataclass
