@@ -214,13 +214,12 @@ def test_cli_errors_exit_nonzero_with_a_clear_message(demo_configs, finished_run
     assert checkpoint.returncode == 2 and "first_stage.pt" in checkpoint.stderr
 
 
-def test_one_command_runs_both_stages(demo_configs, rgba_image, tmp_path):
-    demo1, demo2 = demo_configs
-    result = run_script(["scripts/run_hi3d.py", "--stage1_config", str(demo1), "--stage2_config", str(demo2),
-                         "--image_path", str(rgba_image), "--output_dir", str(tmp_path / "both"), "--num_steps", "1",
-                         "--device", "cpu"])
+def test_one_command_runs_both_stages(rgba_image, tmp_path):
+    result = run_script(["scripts/run_hi3d.py", "--demo", "--image_path", str(rgba_image), "--output_dir",
+                         str(tmp_path / "both"), "--num_steps", "1", "--device", "cpu"])
     assert result.returncode == 0, result.stderr
-    assert "UNTRAINED" in result.stdout and "all outputs are in" in result.stdout
+    assert "procedural objects" in result.stdout and "UNTRAINED" not in result.stdout  # the trained demo models
+    assert "all outputs are in" in result.stdout
     assert (tmp_path / "both" / "second_step_video" / "second.mp4").is_file()
 
 
@@ -234,7 +233,8 @@ def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
     image = pixels_to_tensor(resize_and_center_crop(np.asarray(read_image(rgba_image).convert("RGB")), SIZE1))
     runs = [generate_orbit(model, image, 10.0, torch.Generator().manual_seed(5), num_steps=STEPS,
                            plan=ExecutionPlan(torch.device("cpu"), low_memory=low)) for low in (False, True)]
-    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-4)
+    # float32 reassociation only (other batch splits): far below one 8-bit level (1 / 127.5 in [-1, 1])
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-3)
 
 
 def test_mesh_stage_writes_glb_and_obj_from_refined_views(tmp_path):
