@@ -20,7 +20,9 @@ index, a list cycled over the objects, or "random": drawn per object from --seed
   ground-truth views (stage-2 size, true cameras); Chamfer distance and volume IoU of each mesh
   against the object's true surface (from its exact SDF), both normalised (bounding box centred,
   longest side 1). Default fit: the web app's preset (100 Gaussian-fit iterations on a CPU, the
-  full 3000 on a GPU), --mesh-iterations to change.
+  full 3000 on a GPU), --mesh-iterations to change, at the preset's view size but never above the
+  stage-2 size (the views hold no more detail; the GPU preset's 512 px made the 3D step the slowest
+  part of a GPU evaluation), --mesh-resolution to change.
 
 Frame 0 (the input view) is left out of every image mean. Silhouettes: a pixel is foreground when
 some channel is at most 220 (of 255), in generated and ground-truth views alike. PSNR of identical
@@ -95,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run the 3D step on the first K objects (default 8; 0: no 3D)")
     parser.add_argument("--mesh-iterations", type=int, default=None,
                         help="Gaussian-fit iterations of the 3D step (default: 100 on a CPU, 3000 on a GPU)")
+    parser.add_argument("--mesh-resolution", type=int, default=None,
+                        help="view size of the Gaussian fit (default: the preset's, at most the stage-2 size)")
     parser.add_argument("--gt-mesh-resolution", type=int, default=128, help="grid of the true surface, per axis")
     parser.add_argument("--iou-resolution", type=int, default=128, help="voxels per axis of the volume IoU")
     parser.add_argument("--num-points", type=int, default=20000, help="surface samples per mesh for Chamfer")
@@ -116,6 +120,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.output.exists() and not args.output.is_file():
         raise UsageError(f"--output {args.output} is not a file")
     positive = {"--num-objects": args.num_objects, "--steps": args.steps, "--mesh-iterations": args.mesh_iterations,
+                "--mesh-resolution": args.mesh_resolution,
                 "--gt-mesh-resolution": args.gt_mesh_resolution, "--iou-resolution": args.iou_resolution,
                 "--num-points": args.num_points}
     for flag, value in positive.items():
@@ -222,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "upsampled; render held-out objects at --resolution %d or more", len(coarse), coarse[0],
                         sizes[1], sizes[1])
         on_gpu = models.model.device.type == "cuda"
-        mesh = dataclasses.replace(mesh_settings(on_gpu, args.mesh_iterations), texture_size=0)
+        preset = mesh_settings(on_gpu, args.mesh_iterations, args.mesh_resolution)
+        resolution = args.mesh_resolution or min(preset.resolution, sizes[1])
+        mesh = dataclasses.replace(preset, resolution=resolution, texture_size=0)
         settings = EvalSettings(seed=args.seed, num_steps=args.steps, start=args.start,
                                 elevation_offset=args.elevation_offset, mesh=mesh,
                                 gt_mesh_resolution=args.gt_mesh_resolution, iou_resolution=args.iou_resolution,

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from sgm.common.images import foreground_masks
 from sgm.config import load_config
 from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline
+from sgm.pipelines.loading import resolve_checkpoint
 
 MAX_TOTAL_MB = 40
 STEPS = 10
@@ -70,3 +71,12 @@ def test_the_first_view_has_its_own_input_silhouette(orbits):
         first = foreground_masks(orbits[own][0][:1])[0]
         own_iou, other_iou = iou(first, orbits[own][1]), iou(first, orbits[other][1])
         assert own_iou > 0.5 and own_iou > other_iou + 0.1, (own, own_iou, other_iou)
+
+
+def test_the_demo_weights_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs name demo/models/... relative to the checkout
+    pipe = Hi3DPipeline.from_configs(*DEMO_CONFIGS, device="cpu")
+    assert not pipe.is_untrained("orbit") and not pipe.is_untrained("refine")
+    for stage, name in (("orbit", "stage1"), ("refine", "stage2")):
+        assert resolve_checkpoint(pipe.specs[stage]) == ROOT / "demo" / "models" / f"{name}.safetensors"
+    pipe.model("orbit")  # loads strictly

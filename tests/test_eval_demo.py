@@ -153,6 +153,7 @@ def test_the_script_scores_two_objects_end_to_end(held_out: Path, tmp_path: Path
     assert str(held_out.resolve()) in printed and "2 objects" in printed
     assert "input copied to every frame" in printed and "bicubic upsampling" in printed and "±" in printed
     assert results["complete"] and results["sizes"] == {"stage1": 64, "stage2": 96}
+    assert results["settings"]["mesh"]["resolution"] == 64  # the CPU preset's view size, under the stage-2 size
     assert results["data"] == {"folder": str(held_out.resolve()), "objects_found": 2, "objects_evaluated": 2}
     # The demo configs name their trained weights: the untrained baseline is built beside them.
     assert results["models"]["untrained"]["same_as_model"] is False

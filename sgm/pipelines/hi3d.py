@@ -42,6 +42,7 @@ from ..recon.views import views_from_frames
 from .checks import RunSettings, check_settings, require_finite_frames
 from .inputs import InputImage, load_input, open_input
 from .loading import (
+    PROJECT_ROOT,
     ExecutionPlan,
     ModelSpec,
     checkpoint_source,
@@ -58,7 +59,7 @@ from .staging import StagedOutput
 log = logging.getLogger(__name__)
 STAGES = ("orbit", "refine", "mesh")
 STAGE_NUMBERS = {"orbit": 1, "refine": 2}
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = PROJECT_ROOT / "configs"
 # The released weights of each stage model and the config of its architecture (see ckpts/README.md).
 PRETRAINED = {"orbit": ("first_stage.pt", CONFIG_DIR / "inference-v01.yaml"),
               "refine": ("second_stage.pt", CONFIG_DIR / "inference-v02.yaml")}

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 RANDOM_WEIGHTS_SEED = 0
+# The checkout this package lives in: a relative checkpoint path missing from the working directory
+# is looked up here too (the demo configs name demo/models/*.safetensors, found from any folder).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 README_CHECKPOINTS = "README.md, section 'Checkpoints' (ckpts/README.md lists every file)"
 
 
@@ -81,7 +84,8 @@ def checkpoint_source(spec: ModelSpec) -> str | Path | None:
 
 def resolve_checkpoint(spec: ModelSpec) -> Path | None:
     """The local weights file of ``spec`` (:func:`checkpoint_source`; a hub file is downloaded into
-    the hub cache first). None: random weights.
+    the hub cache first; a relative path is looked up in the working directory, then under
+    :data:`PROJECT_ROOT`). None: random weights.
 
     Raises:
         FileNotFoundError: the named checkpoint does not exist (with the README section to read, and
@@ -91,6 +95,8 @@ def resolve_checkpoint(spec: ModelSpec) -> Path | None:
     if source is None:
         return None
     checkpoint = local_path(source)
+    if not checkpoint.exists() and not checkpoint.is_absolute() and (PROJECT_ROOT / checkpoint).exists():
+        checkpoint = PROJECT_ROOT / checkpoint
     if not checkpoint.exists():  # a file, or a DeepSpeed checkpoint folder
         known = KNOWN_FILES.get(checkpoint.name)
         hint = f"; {known.advice(checkpoint)}" if known is not None else ""
