@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "upsampled; render held-out objects at --resolution %d or more", len(coarse), coarse[0],
                         sizes[1], sizes[1])
         on_gpu = models.model.device.type == "cuda"
-        preset = mesh_settings(on_gpu, args.mesh_iterations, args.mesh_resolution)
+        preset = mesh_settings(on_gpu, args.mesh_iterations)
         resolution = args.mesh_resolution or min(preset.resolution, sizes[1])
         mesh = dataclasses.replace(preset, resolution=resolution, texture_size=0)
         settings = EvalSettings(seed=args.seed, num_steps=args.steps, start=args.start,
