@@ -29,6 +29,7 @@ from sgm.app.storage import OutputRootError, Retention, check_output_root, expir
 from sgm.app.validation import Settings, upload_name, validate_upload
 from sgm.common.errors import MissingCheckpointError, UsageError
 from sgm.common.images import InputImageError
+from sgm.evaluation.demo_eval import untrained_config
 from sgm.pipelines.hi3d import Hi3DPipeline, Hi3DResult
 
 MB = 2**20
@@ -182,8 +183,7 @@ def test_models_choice(tmp_path, configs):
     assert choose_models(tmp_path, demo=True, device="cpu").mode == "demo"
     explicit = choose_models(tmp_path, stage1_config=configs[0], stage2_config=configs[1], device="cpu")
     assert explicit.mode == "configs" and explicit.notice == "Using the configs `demo-v01.yaml` and `demo-v02.yaml`."
-    untrained = tmp_path / "untrained-v01.yaml"
-    untrained.write_text(f"base: {configs[0]}\ncheckpoint: null\n")
+    untrained, _ = untrained_config(configs[0], tmp_path / "untrained")
     no_weights = choose_models(tmp_path, stage1_config=untrained, stage2_config=configs[1], device="cpu")
     assert no_weights.mode == "configs" and "untrained" in no_weights.notice
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, small_demo_configs
 
 from sgm.common.errors import UsageError
+from sgm.evaluation.demo_eval import untrained_config
 from sgm.pipelines.batch import batch_inputs, output_folders
 
 
@@ -30,11 +31,8 @@ def test_folders_and_globs_name_their_images_in_order(tmp_path):
 
 
 def test_a_batch_runs_every_image_once_loading_the_models_once_and_reports_the_bad_one(tmp_path):
-    configs = []
-    for trained in small_demo_configs(tmp_path):  # without weights: each build logs one UNTRAINED warning
-        untrained = trained.with_name(f"untrained-{trained.name}")
-        untrained.write_text(f"base: {trained}\ncheckpoint: null\n")
-        configs.append(untrained)
+    # without weights: each build logs one UNTRAINED warning
+    configs = [untrained_config(trained, tmp_path)[0] for trained in small_demo_configs(tmp_path)]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     shutil.copy(ROOT / "demo" / "object_a_elev10.png", inputs / "a.png")
