@@ -99,11 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, default=ROOT / "demo" / "models", help="where the weights go")
     parser.add_argument("--resolution", type=int, default=128, help="render size in pixels (the configs resize)")
     parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
-    parser.add_argument("--train-objects", type=int, default=160)
+    parser.add_argument("--train-objects", type=int, default=480)
     parser.add_argument("--heldout-objects", type=int, default=32)
     parser.add_argument("--autoencoder-steps", type=int, default=2000)
-    parser.add_argument("--stage1-steps", type=int, default=3000)
-    parser.add_argument("--stage2-steps", type=int, default=1000)
+    parser.add_argument("--stage1-steps", type=int, default=2400)
+    parser.add_argument("--stage2-steps", type=int, default=980)
     parser.add_argument("--set", action="append", default=[], metavar="PHASE:KEY=VALUE",
                         help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
                              "e.g. autoencoder:data.params.batch_size=4")

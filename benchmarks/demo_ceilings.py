@@ -1,0 +1,105 @@
+"""What bounds the demo models' scores: their autoencoder, and stage 2 given perfect stage-1 views.
+
+    python benchmarks/demo_ceilings.py --data /tmp/ho32 --num-objects 8
+    python benchmarks/demo_ceilings.py --data /tmp/ho32 --num-objects 8 --ring 2 --json ceilings.json
+
+For each held-out object (rendered by scripts/render_synthetic_orbits.py, as for
+scripts/eval_demo.py), one ring's ground-truth views at the stage-1 size (S1) and the stage-2 size
+(S2) give, each scored like eval_demo.py (PSNR in dB over frames 1..T-1, on white):
+
+* ``autoencoder S``: the views encoded (posterior mode) and decoded by the stage's own VAE, the
+  best any sampled latent can decode to;
+* ``mp4 round trip``: the S1 views after the mp4 encoding that stage 2 reads them through;
+* ``bicubic``: the S1 views upsampled to S2 (the baseline of eval_demo.py's stage 2);
+* ``stage 2 on ground truth``: stage 2 refining the S1 ground-truth views (mp4 round trip, frame
+  0 the input view) instead of stage-1 views: the refiner's own quality as a super-resolver.
+
+Printed as a table of means over the objects; ``--json`` also keeps the per-object values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sgm.common.images import pixels_to_tensor, resize_bilinear, tensor_to_pixels
+from sgm.common.video_io import mp4_round_trip
+from sgm.evaluation.held_out import scan_held_out
+from sgm.evaluation.orbit_metrics import bicubic_upsample, score_orbit
+from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline, model_resolution
+from sgm.pipelines.sampling import refine_orbit, stage2_input_frames
+
+ROWS = ("autoencoder S1", "autoencoder S2", "mp4 round trip", "bicubic", "stage 2 on ground truth")
+
+
+@torch.no_grad()
+def autoencoded(model, views: np.ndarray) -> np.ndarray:
+    """uint8 views ``(T, S, S, 3)`` through ``model.first_stage_model`` (posterior mode), uint8 again."""
+    autoencoder = model.first_stage_model
+    parameter = next(autoencoder.parameters())
+    frames = pixels_to_tensor(views).to(parameter.device, parameter.dtype)
+    latents = autoencoder.encode(frames, return_dist=True).mode()
+    return tensor_to_pixels(autoencoder.decode(latents).float())
+
+
+def stage2_on(model, views: np.ndarray, elevation_deg: float, seed: int, num_steps: int | None) -> np.ndarray:
+    """Stage 2 refining uint8 views ``(T, s, s, 3)`` as the pipeline feeds it (mp4 round trip, frame 0
+    the input view, bilinear to its size); uint8 ``(T, S2, S2, 3)``."""
+    size = model_resolution(model)
+    frames = stage2_input_frames(mp4_round_trip(views), views[0], model.num_samples)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    refined = refine_orbit(model, pixels_to_tensor(resize_bilinear(frames, size, size)), elevation_deg, generator,
+                           num_steps)
+    return tensor_to_pixels(refined)
+
+
+def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int | None) -> dict[str, float]:
+    """PSNR (dB) of every row of :data:`ROWS` for one object."""
+    orbit, refine = pipe.model("orbit"), pipe.model("refine")
+    size1, size2 = model_resolution(orbit), model_resolution(refine)
+    truth1, truth2 = obj.views(ring, 0, size1), obj.views(ring, 0, size2)
+    outputs = {"autoencoder S1": (autoencoded(orbit, truth1), truth1),
+               "autoencoder S2": (autoencoded(refine, truth2), truth2),
+               "mp4 round trip": (mp4_round_trip(truth1), truth1),
+               "bicubic": (bicubic_upsample(truth1, size2), truth2),
+               "stage 2 on ground truth": (stage2_on(refine, truth1, obj.ring_elevation(ring), seed, num_steps),
+                                           truth2)}
+    return {row: score_orbit(pred, target)["psnr"] for row, (pred, target) in outputs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="held-out objects (render_synthetic_orbits.py)")
+    parser.add_argument("--num-objects", type=int, default=8)
+    parser.add_argument("--ring", type=int, default=2, help="ring index of every object")
+    parser.add_argument("--configs", nargs=2, default=list(DEMO_CONFIGS), metavar=("STAGE1", "STAGE2"))
+    parser.add_argument("--steps", type=int, default=None, help="stage-2 sampling steps (default: the config's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    pipe = Hi3DPipeline.from_configs(*args.configs, device=args.device, use_rembg=False, compile="off")
+    objects, found = scan_held_out(args.data, args.num_objects)
+    started = time.perf_counter()
+    per_object = {}
+    for obj in objects:
+        per_object[obj.name] = object_scores(pipe, obj, args.ring, args.seed, args.steps)
+        print(obj.name, {row: round(value, 2) for row, value in per_object[obj.name].items()}, flush=True)
+    means = {row: float(np.mean([scores[row] for scores in per_object.values()])) for row in ROWS}
+    print(f"\n{len(objects)} of {found} objects in {args.data}, ring {args.ring}, "
+          f"{time.perf_counter() - started:.0f} s; PSNR (dB), frames 1..T-1")
+    for row in ROWS:
+        print(f"  {row:<26} {means[row]:6.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"configs": [str(c) for c in args.configs], "ring": args.ring, "means": means,
+                                         "objects": per_object}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
