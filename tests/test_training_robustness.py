@@ -458,8 +458,9 @@ def test_a_ddp_child_takes_its_launchers_run_folder(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(run_folder.RUN_TIMESTAMP_OWNER_ENV, str(os.getppid()))
     child = claim_run_folder(plan_run(opts)[0])
     assert child.logdir == launcher.logdir and not child.claimed
-    # a stale stamp (another owner) is ignored: a new folder
-    monkeypatch.setenv(run_folder.RUN_TIMESTAMP_OWNER_ENV, "1")
+    # a stale stamp (another owner: this process, never its own parent; not "1", which is the parent
+    # of a process started under init, e.g. with nohup) is ignored: a new folder
+    monkeypatch.setenv(run_folder.RUN_TIMESTAMP_OWNER_ENV, str(os.getpid()))
     assert claim_run_folder(plan_run(opts)[0]).logdir.name == "2030-01-01T00-00-00.3_ddp"
 
 
