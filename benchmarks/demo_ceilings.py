@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgm.common.images import pixels_to_tensor, resize_bilinear, tensor_to_pixels
+from sgm.common.images import pixels_to_tensor, tensor_to_pixels
 from sgm.common.video_io import mp4_round_trip
 from sgm.evaluation.held_out import scan_held_out
 from sgm.evaluation.orbit_metrics import bicubic_upsample, score_orbit
+from sgm.pipelines.checks import check_settings
 from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline, model_resolution
-from sgm.pipelines.sampling import refine_orbit, stage2_input_frames
 
 ROWS = ("autoencoder S1", "autoencoder S2", "mp4 round trip", "bicubic", "stage 2 on ground truth")
 
@@ -46,16 +46,13 @@ def autoencoded(model, views: np.ndarray) -> np.ndarray:
     return tensor_to_pixels(autoencoder.decode(latents).float())
 
 
-def stage2_on(model, views: np.ndarray, elevation_deg: float, seed: int, num_steps: int | None) -> np.ndarray:
-    """Stage 2 refining uint8 views ``(T, s, s, 3)`` as the pipeline feeds it (mp4 round trip, frame 0
-    the input view, bilinear to its size); uint8 ``(T, S2, S2, 3)``."""
-    size = model_resolution(model)
-    frames = stage2_input_frames(mp4_round_trip(views), views[0], model.num_samples)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    refined = refine_orbit(model, pixels_to_tensor(resize_bilinear(frames, size, size)), elevation_deg, generator,
-                           num_steps)
-    return tensor_to_pixels(refined)
+def stage2_on(pipe: Hi3DPipeline, views: np.ndarray, elevation_deg: float, seed: int,
+              num_steps: int | None) -> np.ndarray:
+    """Stage 2 of ``pipe`` refining uint8 views ``(T, s, s, 3)`` read back from their mp4, frame 0
+    as the input view, as the pipeline runs it; uint8 ``(T, S2, S2, 3)``."""
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+    return pipe.refine_video(mp4_round_trip(views), views[0], check_settings(elevation_deg, seed, num_steps),
+                             generator)
 
 
 def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int | None) -> dict[str, float]:
@@ -67,7 +64,7 @@ def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int 
                "autoencoder S2": (autoencoded(refine, truth2), truth2),
                "mp4 round trip": (mp4_round_trip(truth1), truth1),
                "bicubic": (bicubic_upsample(truth1, size2), truth2),
-               "stage 2 on ground truth": (stage2_on(refine, truth1, obj.ring_elevation(ring), seed, num_steps),
+               "stage 2 on ground truth": (stage2_on(pipe, truth1, obj.ring_elevation(ring), seed, num_steps),
                                            truth2)}
     return {row: score_orbit(pred, target)["psnr"] for row, (pred, target) in outputs.items()}
 

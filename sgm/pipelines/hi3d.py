@@ -297,10 +297,11 @@ class Hi3DPipeline:
         Image.fromarray(contact_sheet(pixels)).save(target.stage1_sheet)
         write_stage1_record(target, source.path, source.sha256, settings, self._weights["orbit"])
 
-    def _sample_stage2(self, video: np.ndarray, white: np.ndarray, settings: RunSettings, generator: torch.Generator,
-                       callback: StepCallback | None) -> np.ndarray:
+    def refine_video(self, video: np.ndarray, white: np.ndarray, settings: RunSettings, generator: torch.Generator,
+                     callback: StepCallback | None = None) -> np.ndarray:
         """Refine a stage-1 orbit as stage 2 reads it (``video`` uint8 (T, h, w, 3) decoded from the mp4,
-        ``white`` the input on white, uint8 (H, W, 3)); returns uint8 (T, S, S, 3)."""
+        ``white`` the input on white, uint8 (H, W, 3)); returns uint8 (T, S, S, 3). ``settings`` from
+        :func:`~sgm.pipelines.checks.check_settings`; ``generator`` on the execution device."""
         model = self.model("refine")
         size = model_resolution(model)
         views = stage2_input_frames(video, resize_bilinear(white, *video.shape[1:3]), model.num_samples)
@@ -407,7 +408,7 @@ class Hi3DPipeline:
         result.orbit = StageResult(None, [], orbit)
         if "refine" in stages:
             white = np.asarray(source.white.convert("RGB"))
-            refined = self._sample_stage2(mp4_round_trip(orbit), white, settings,
+            refined = self.refine_video(mp4_round_trip(orbit), white, settings,
                                           self._generator(settings.seed, generator), callback)
             result.refined = StageResult(None, [], refined)
         if "mesh" in stages:
@@ -442,7 +443,7 @@ class Hi3DPipeline:
                 if "refine" in stages:
                     read_from = staged if source is not None else layout
                     white = np.asarray(read_image(read_from.white).convert("RGB"))
-                    refined = self._sample_stage2(read_mp4(read_from.stage1_video), white, settings,
+                    refined = self.refine_video(read_mp4(read_from.stage1_video), white, settings,
                                                   self._generator(settings.seed, generator), callback)
                     self._write_stage2(staged, refined, settings, stage1)
             if source is not None:
