@@ -26,7 +26,9 @@ are rendered again on each call (seconds on a GPU), reproducibly; the stages' ex
 are the only other output.
 
 Each training phase runs ``train_ddp_spawn.py`` in a child process with run folders under
-WORK/runs/<phase>/; at the deadline the child gets SIGTERM and saves ``last.ckpt`` (exit 143).
+WORK/runs/<phase>/, data-parallel on ``--devices`` devices (default 1), with the phase's step count
+as ``lightning.trainer.max_steps`` (where a learning-rate schedule in the config can read it); at
+the deadline the child gets SIGTERM and saves ``last.ckpt`` (exit 143).
 The log (phase, steps, seconds, final loss) is appended to WORK/log.jsonl and printed.
 
 The latent scale factor (1 / standard deviation of the VAE's latents over the training views)
@@ -85,6 +87,7 @@ class Plan:
     steps: dict[str, int]
     overrides: dict[str, list[str]]
     accelerator: str
+    devices: int
     precision: str | None
     render_device: str
     deadline: float  # time.monotonic() value
@@ -108,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
                              "e.g. autoencoder:data.params.batch_size=4")
     parser.add_argument("--accelerator", default="auto", help="auto (the GPU when there is one), cpu or gpu")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="data-parallel devices per phase (default 1, as in the shipped run); the configs' batch "
+                             "is per device, and the learning rate scales with the device count (--scale_lr)")
     parser.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed on a GPU (default: the configs' 32)")
     parser.add_argument("--render-device", default="auto", help="device of the orbit renderer")
     parser.add_argument("--pack", type=Path, default=None, help="at the end, write the state to continue from here")
@@ -223,13 +229,14 @@ def train(plan: Plan, phase: str, configs: list[str], overrides: list[str]) -> b
     run = run_folder(plan, phase)
     if run is not None and checkpoint_step(run) >= steps:
         return True
-    command = [sys.executable, str(ROOT / "train_ddp_spawn.py"), "--train", "True", "--max_steps", str(steps),
-               "--accelerator", plan.accelerator]
+    command = [sys.executable, str(ROOT / "train_ddp_spawn.py"), "--train", "True", "--accelerator", plan.accelerator]
     if run is None:
         command += ["--base", *configs, "--logdir", str(plan.work / "runs" / phase), "--name", phase]
     else:
         command += ["--resume", str(run)]
-    overrides = [*overrides, *plan.overrides.get(phase, [])]
+    # In the config (not --max_steps): a learning-rate schedule there ends with the phase's last step.
+    overrides = [*overrides, f"lightning.trainer.max_steps={steps}", f"lightning.trainer.devices={plan.devices}",
+                 *plan.overrides.get(phase, [])]
     if plan.precision is not None:
         overrides = [*overrides, f"lightning.trainer.precision={plan.precision}"]
     start_step = 0 if run is None else checkpoint_step(run)
@@ -430,6 +437,8 @@ def run(plan: Plan, only: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.devices < 1:
+        raise UsageError(f"--devices must be at least 1, got {args.devices}")
     if args.unpack is not None:
         unpack(args.unpack, args.work.resolve())
     minutes = args.minutes if args.minutes is not None else 1e6
@@ -438,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps={"autoencoder": args.autoencoder_steps, "stage1": args.stage1_steps,
                        "stage2": args.stage2_steps},
                 overrides=phase_overrides(args.set),
-                accelerator=args.accelerator, precision=args.precision, render_device=args.render_device,
+                accelerator=args.accelerator, devices=args.devices, precision=args.precision,
+                render_device=args.render_device,
                 deadline=time.monotonic() + 60 * minutes)
     try:
         return run(plan, args.only)

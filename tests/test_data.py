@@ -174,6 +174,25 @@ def test_datamodule_batches(objects: Path):
     assert len(batch["caption"]) == 2
 
 
+def test_loader_workers_persist_across_epochs_and_give_the_same_batches(objects: Path):
+    def epochs(workers: int) -> tuple[list[list[int]], object]:
+        data = VideoDataset(base_folder=str(objects), width=SIZE, height=SIZE, batch_size=2, seed=5,
+                            num_workers=workers)
+        data.setup()
+        loader = data.train_dataloader()
+        seen = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            seen.append([views_of(video) for batch in loader for video in batch["video"]])
+        return seen, loader
+
+    in_process, _ = epochs(0)
+    with_workers, loader = epochs(1)
+    assert loader.persistent_workers and loader._iterator is not None  # the workers were not ended
+    assert with_workers == in_process
+    assert in_process[0] != in_process[1]  # each epoch draws fresh clips
+
+
 def test_eval_folder(tmp_path: Path):
     folder = tmp_path / "eval"
     folder.mkdir()

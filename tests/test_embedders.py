@@ -232,10 +232,27 @@ def test_frozen_embedders_stay_frozen(build):
     assert [n for n, m in module.named_modules() if m.training and n] == []
 
 
-def test_unfrozen_embedder_trains():
-    module = FrozenOpenCLIPImageEmbedder(arch=TINY_CLIP, version=None, freeze=False)
-    assert all(p.requires_grad for p in module.parameters())
-    assert module.train().model.visual.training
+@pytest.mark.parametrize("build", [lambda: FrozenOpenCLIPImageEmbedder(arch=TINY_CLIP, version=None, freeze=False),
+                                   lambda: tiny_depth(freeze=False)], ids=["openclip", "depth"])
+def test_unfrozen_embedder_trains_every_parameter_it_marks_trainable(build):
+    # Data-parallel training (DDP) stops at its second step when a parameter that requires a
+    # gradient gets none; the checkpoint-only parts (CLIP's text leftovers, the DPT's classifier
+    # head and the skip unit of its deepest fusion block) must not require one.
+    module = build().train()
+    assert module.training
+    module(random_images(2, 3, 64, 64)).float().square().sum().backward()
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    assert len(trainable) > 10
+    assert [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_unfrozen_embedders_keep_every_checkpoint_key():
+    clip = FrozenOpenCLIPImageEmbedder(arch=TINY_CLIP, version=None, freeze=False)
+    assert all(p.requires_grad for p in clip.model.visual.parameters())
+    assert {"model.text_projection", "model.ln_final.weight"} <= set(clip.state_dict())
+    depth = tiny_depth(freeze=False)
+    assert {"model.model.pretrained.model.head.weight",
+            "model.model.scratch.refinenet4.resConfUnit1.conv1.weight"} <= set(depth.state_dict())
 
 
 # --- OpenCLIP ----------------------------------------------------------------------------

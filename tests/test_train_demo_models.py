@@ -121,6 +121,14 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(tmp_path):
     assert not (tmp_path / "export2").exists(), "finished stages are not exported again"
 
 
+def test_a_device_count_below_one_is_refused_before_any_work(tmp_path):
+    work = tmp_path / "work"
+    result = run_script("--work", str(work), "--devices", "0", *TINY)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --devices must be at least 1, got 0" in result.stderr
+    assert not work.exists()
+
+
 def test_a_data_folder_with_too_few_objects_is_refused_and_kept(tmp_path):
     work = tmp_path / "work"
     (work / "train" / "mine").mkdir(parents=True)

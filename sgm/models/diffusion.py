@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from pytorch_lightning.strategies import DeepSpeedStrategy, SingleDeviceStrategy
+from torch.optim.lr_scheduler import LambdaLR
 from torch.profiler import record_function
 
 from ..checkpoint import load_checkpoint
@@ -85,6 +86,8 @@ class DiffusionEngine(pl.LightningModule):
         sampler_config: sampler used by :meth:`sample` (optional for training-only use).
         loss_fn_config: training loss (optional for inference-only use).
         optimizer_config: optimizer node without ``params`` learning rate (default AdamW).
+        scheduler_config: node of an object whose ``schedule(step)`` multiplies the learning rate at
+            each optimizer step (e.g. :class:`sgm.lr_scheduler.LambdaLinearScheduler`); None: constant.
         input_key: batch key of the target clip (B, 3, T, H, W) in [-1, 1].
         scale_factor: latent multiplier (SD VAE: 0.18215).
         disable_first_stage_autocast: run the VAE outside autocast, in its own dtype.
@@ -127,6 +130,7 @@ class DiffusionEngine(pl.LightningModule):
         sampler_config: dict | None = None,
         loss_fn_config: dict | None = None,
         optimizer_config: dict | None = None,
+        scheduler_config: dict | None = None,
         input_key: str = "video",
         scale_factor: float = 1.0,
         disable_first_stage_autocast: bool = False,
@@ -150,6 +154,7 @@ class DiffusionEngine(pl.LightningModule):
         self.first_stage_model = instantiate_from_config(first_stage_config).eval().requires_grad_(False)
         self.loss_fn = instantiate_from_config(loss_fn_config) if loss_fn_config is not None else None
         self.optimizer_config = optimizer_config or DEFAULT_OPTIMIZER
+        self.scheduler_config = scheduler_config
         self.input_key = input_key
         self.scale_factor = scale_factor
         self.disable_first_stage_autocast = disable_first_stage_autocast
@@ -187,7 +192,7 @@ class DiffusionEngine(pl.LightningModule):
         params = [p for _, p in select_parameters(self.model.named_parameters(), self.trained_param_keys)]
         for embedder in self.conditioner.embedders:
             if embedder.is_trainable:
-                params.extend(embedder.parameters())
+                params.extend(p for p in embedder.parameters() if p.requires_grad)
         return params
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -348,7 +353,12 @@ class DiffusionEngine(pl.LightningModule):
         params = dict(node.get("params") or {})
         params["lr"] = self.learning_rate
         node["params"] = params
-        return instantiate_from_config(node, params=self.trained_parameters())
+        optimizer = instantiate_from_config(node, params=self.trained_parameters())
+        if self.scheduler_config is None:
+            return optimizer
+        multiplier = instantiate_from_config(self.scheduler_config).schedule
+        return [optimizer], [{"scheduler": LambdaLR(optimizer, lr_lambda=multiplier), "interval": "step",
+                              "frequency": 1}]
 
     # ------------------------------------------------------------------ logging
     # Whether log_images conditions its samples as at inference (True) or as in training.

@@ -96,6 +96,9 @@ class DepthEmbedder(FrozenEmbModel):
         self.model = depth_model
         if freeze:
             self.freeze()
+        elif isinstance(depth_model, MidasDepth):  # data-parallel training needs every trainable parameter used
+            for module in depth_model.model.unused_modules():
+                module.requires_grad_(False)
 
     def depth_input_size(self, height: int, width: int) -> tuple[int, int]:
         """Size (h, w) the frames are resized to for the depth network (multiples of 32).

@@ -80,6 +80,10 @@ class FrozenOpenCLIPImageEmbedder(FrozenEmbModel):
         )
         if freeze:
             self.freeze()
+        else:  # only the ViT trains: the text tower's leftovers (kept for the official keys) take no part in
+            # encode_image, and data-parallel training needs every trainable parameter used in each step
+            self.model.requires_grad_(False)
+            self.model.visual.requires_grad_(True)
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -127,5 +127,10 @@ class DPTDepthModel(nn.Module):
         self.pretrained = HybridViTEncoder(config.encoder)
         self.scratch = DPTDecoder(config.encoder.feature_channels, config.features, config.head_channels)
 
+    def unused_modules(self) -> list[nn.Module]:
+        """Modules that hold checkpoint keys but take no part in :meth:`forward` (the encoder's, and the
+        deepest fusion block's skip unit: that block gets no skip)."""
+        return [*self.pretrained.unused_modules(), self.scratch.refinenet4.resConfUnit1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scratch(self.pretrained(x)).squeeze(1)

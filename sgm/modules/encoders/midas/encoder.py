@@ -146,6 +146,12 @@ class HybridViTEncoder(nn.Module):
             ProjectReadout(dim), [nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 3, stride=2, padding=1)]
         )
 
+    def unused_modules(self) -> list[nn.Module]:
+        """Modules that hold checkpoint keys but take no part in :meth:`forward`: the ViT's final norm,
+        its classifier head and any block after the last hooked one."""
+        vit = self.model
+        return [vit.norm, vit.head, *vit.blocks[max(self.config.block_hooks) + 1:]]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         vit = self.model
         resnet = vit.patch_embed.backbone
