@@ -424,10 +424,10 @@ class VideoDataset(pl.LightningDataModule):
         world_size, rank = distributed_layout(self.trainer)
         sampler = EpochSeededSampler(self.train_dataset, num_replicas=world_size, rank=rank, shuffle=self.shuffle,
                                      seed=self.seed)
-        # The workers outlive SIGTERM / SIGINT so that training can save and stop (sgm.stop_signals), and
-        # epochs: an epoch can be a few steps (a few hundred objects over several devices), and starting
-        # the workers again at each one stalled every step. Items depend on their index only, so this
-        # changes no batch.
+        # The workers outlive SIGTERM / SIGINT, so that training can save and stop (sgm.stop_signals). They
+        # also outlive each epoch: an epoch can be a few steps (a few hundred objects over several devices),
+        # and starting the workers again at each one stalled the steps. Items depend on their index only,
+        # so no batch changes.
         return DataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, drop_last=False, worker_init_fn=ignore_stop_signals,
                           persistent_workers=self.num_workers > 0)
