@@ -18,6 +18,11 @@ calls) add up to one run:
    the trained model goes to EXPORT/stage1.safetensors (float16; EXPORT: demo/models/).
 4. ``stage2``: the same with configs/demo-train-v02.yaml (on demo-v02.yaml).
 
+Stages 1 and 2 depend only on the autoencoder (stage 2 trains on degraded ground-truth views, not
+on stage-1 output), so once it is done two processes on the same WORK, ``--only stage1`` and
+``--only stage2``, can train them side by side on one GPU, whose small steps leave it mostly idle
+(the shipped run did so: BENCHMARKS.md).
+
 Across device calls (a call: at most 10 minutes, at most 8 files of 16 MiB back): ``--pack DIR``
 writes, at the end of a call, what a later call needs to continue (the log, the finished phases'
 records and the autoencoder, the unfinished phases' run folders) as one tar in parts of at most
@@ -102,11 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, default=ROOT / "demo" / "models", help="where the weights go")
     parser.add_argument("--resolution", type=int, default=128, help="render size in pixels (the configs resize)")
     parser.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this wall time")
-    parser.add_argument("--train-objects", type=int, default=480)
+    parser.add_argument("--train-objects", type=int, default=768)
     parser.add_argument("--heldout-objects", type=int, default=32)
     parser.add_argument("--autoencoder-steps", type=int, default=2000)
-    parser.add_argument("--stage1-steps", type=int, default=2400)
-    parser.add_argument("--stage2-steps", type=int, default=980)
+    parser.add_argument("--stage1-steps", type=int, default=2885)
+    parser.add_argument("--stage2-steps", type=int, default=860)
     parser.add_argument("--set", action="append", default=[], metavar="PHASE:KEY=VALUE",
                         help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
                              "e.g. autoencoder:data.params.batch_size=4")
