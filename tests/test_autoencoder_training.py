@@ -7,8 +7,6 @@ Data: two procedural objects rendered at 32x32 by ``scripts/render_synthetic_orb
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from conftest import render_orbits
 from torch.utils.data import DataLoader
 
+import train_ddp_spawn
 from sgm.config import build_model, load_config
 from sgm.data.image_dataset import ImageDataset, OrbitViewDataset
 from sgm.data.synthetic_orbits.spec import one_thread
@@ -223,13 +222,14 @@ def test_loss_falls_on_a_fixed_batch(orbit_folder: Path):
 # train_ddp_spawn.py end to end
 
 
-def run_script(args: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HI3D_RUN_TIMESTAMP", "LOCAL_RANK", "WORLD_SIZE")}
-    env.update(OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(ROOT / "train_ddp_spawn.py"), *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, f"train_ddp_spawn.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
+def run_script(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train_ddp_spawn.py ARGS`` in this process, one torch thread (one process, no DDP: what the
+    script's main does, without a second interpreter start-up); it exits (SystemExit) unless it succeeds."""
+    for name in ("HI3D_RUN_TIMESTAMP", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["train_ddp_spawn.py", *args])
+    with one_thread():
+        train_ddp_spawn.main()
 
 
 def checkpoint_state(logdir: Path) -> dict:
@@ -237,10 +237,11 @@ def checkpoint_state(logdir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_train_script_trains_the_autoencoder_and_resumes(orbit_folder: Path, tmp_path: Path):
+def test_train_script_trains_the_autoencoder_and_resumes(orbit_folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
     common = ["--train", "True", "--no-test", "True", "lightning.trainer.accelerator=cpu"]
     run_script(["--base", str(CONFIG), *common, "--logdir", str(tmp_path / "logs"), "lightning.trainer.max_steps=2",
-                *data_overrides(orbit_folder)])
+                *data_overrides(orbit_folder)], monkeypatch)
     (logdir,) = (tmp_path / "logs").iterdir()
     first = checkpoint_state(logdir)
     assert first["global_step"] == 2
@@ -253,7 +254,7 @@ def test_train_script_trains_the_autoencoder_and_resumes(orbit_folder: Path, tmp
     assert [n for n in logged if n.startswith("inputs_gs-000001")] and [
         n for n in logged if n.startswith("reconstructions_gs-000001")], logged
 
-    run_script(["--resume", str(logdir), *common, "lightning.trainer.max_steps=3"])
+    run_script(["--resume", str(logdir), *common, "lightning.trainer.max_steps=3"], monkeypatch)
     second = checkpoint_state(logdir)
     assert second["global_step"] == 3
     assert list((tmp_path / "logs").iterdir()) == [logdir], "resume must reuse the run folder"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import render_orbits
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -86,11 +87,8 @@ def test_train_script_refuses_deepspeed_on_a_cpu_before_the_first_step(tmp_path:
 
 @pytest.fixture(scope="module")
 def orbit_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("orbits")
-    result = run_script("scripts/render_synthetic_orbits.py", "--out", str(out), "--num-objects", "1",
-                        "--resolution", "32", "--edge-samples", "1", "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+    # the render script's main in this process (no interpreter start-up): one object, 32 px, seed 0
+    return render_orbits(tmp_path_factory.mktemp("orbits"), 32, count=1)
 
 
 def tiny_model_and_batch(config_path: Path, folder: Path):
