@@ -19,14 +19,12 @@ read here rather than passed to the model:
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .models.contract import check_conditioning
 from .modules.encoders.pretrained import random_pretrained_weights
 from .util import ConfigError, instantiate_from_config
 
@@ -145,6 +143,8 @@ def build_model(config: DictConfig, random_pretrained_encoders: bool | None = No
         ConfigError: where the conditioning and the UNet of a diffusion config disagree
             (:func:`~sgm.models.contract.check_conditioning`, before any weight is made).
     """
+    from .models.contract import check_conditioning  # imports Lightning: only when a model is built
+
     check_conditioning(config)
     random_init = config.model.get("random_pretrained_encoders", False)
     if random_pretrained_encoders is not None:

@@ -67,10 +67,23 @@ POLL_INTERVAL_S = 0.5
 # The launching process acts on another rank's failure once it has seen it this long: when every
 # rank raises the same error (a user error), its own surfaces meanwhile and is printed once.
 SETTLE_S = 1.5
+# The next two waits leave a real run's teardown time (a slow one on a loaded machine, destroying the process
+# group, flushing the logs) before its traceback; cutting them could kill a rank that was exiting normally.
+# Each is read from an environment variable when set: the fault tests shorten them, to see the backstops fire
+# without waiting as long.
+OWN_EXIT_DEADLINE_ENV, FAILED_RANK_GRACE_ENV = "HI3D_RANK_EXIT_DEADLINE_S", "HI3D_FAILED_RANK_GRACE_S"
+
+
+def _seconds(env: str, default: float) -> float:
+    """``$env`` as seconds when it is set, else ``default``."""
+    value = os.environ.get(env)
+    return float(value) if value else default
+
+
 # A rank still alive this long after its own error ends itself (its exit path got stuck).
-OWN_EXIT_DEADLINE_S = 20.0
+OWN_EXIT_DEADLINE_S = _seconds(OWN_EXIT_DEADLINE_ENV, 20.0)
 # The launching process lets a failed child finish printing its error this long before killing it.
-FAILED_RANK_GRACE_S = 10.0
+FAILED_RANK_GRACE_S = _seconds(FAILED_RANK_GRACE_ENV, 10.0)
 # A child that knows of another rank's failure this long without being ended ends itself.
 PEER_GRACE_S = 30.0
 # After a successful fit, the launching process waits this long for each child to exit.

@@ -27,22 +27,24 @@ def image_path() -> Path:
     return ROOT / "demo" / "object_a_elev10.png"
 
 
-def test_models_are_built_once_across_calls(configs, image_path, tmp_path, monkeypatch):
-    built = []
+@pytest.fixture(scope="module")
+def built() -> list[str]:
+    """The config name of every stage model :func:`pipe` builds (in order)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def pipe(configs, built):
+    """This module's pipeline (the conftest one), built with a pass-through spy on the real model loader."""
     real_loader = hi3d.load_stage_model
 
-    def counting_loader(spec, *args, **kwargs):  # pass-through spy on the real loader
+    def counting_loader(spec, *args, **kwargs):
         built.append(spec.config.name)
         return real_loader(spec, *args, **kwargs)
 
-    monkeypatch.setattr(hi3d, "load_stage_model", counting_loader)
-    pipe = Hi3DPipeline.from_configs(*configs, device="cpu")
-    first = pipe(image_path, tmp_path / "one", elevation_deg=10, seed=1, num_steps=STEPS)
-    models = pipe.model("orbit"), pipe.model("refine")
-    second = pipe(image_path, tmp_path / "two", elevation_deg=20, seed=2, num_steps=STEPS)
-    assert sorted(built) == ["demo-v01.yaml", "demo-v02.yaml"]  # one build per stage for both calls
-    assert pipe.model("orbit") is models[0] and pipe.model("refine") is models[1]
-    assert not np.array_equal(first.orbit.pixels, second.orbit.pixels)  # the second call did run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hi3d, "load_stage_model", counting_loader)
+        yield Hi3DPipeline.from_configs(*configs, device="cpu")
 
 
 API_RUN = dict(elevation_deg=20, seed=11, num_steps=STEPS, max_cfg=1.5)
@@ -53,6 +55,16 @@ def api_run(pipe, image_path, tmp_path_factory):
     """Both stages through the API into a folder (the settings of API_RUN)."""
     out = tmp_path_factory.mktemp("api") / "api"
     return out, pipe(image_path, out, **API_RUN)
+
+
+def test_models_are_built_once_across_calls(pipe, built, api_run, image_path, tmp_path):
+    _, first = api_run  # the first call (both stages) on this pipeline
+    models = pipe.model("orbit"), pipe.model("refine")
+    second = pipe(image_path, tmp_path / "two", elevation_deg=10, seed=2, num_steps=STEPS)
+    assert sorted(built) == ["demo-v01.yaml", "demo-v02.yaml"]  # one build per stage for both calls
+    assert pipe.model("orbit") is models[0] and pipe.model("refine") is models[1]
+    assert not np.array_equal(first.orbit.pixels, second.orbit.pixels)  # the second call did run
+    assert not np.array_equal(first.refined.pixels, second.refined.pixels)
 
 
 def test_cli_output_equals_api_output_byte_for_byte(api_run, configs, image_path, tmp_path):

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
-
 from test_training import TINY_V01, data_overrides, first_batch, orbit_folder, tiny_config  # noqa: F401 (fixture)
+from torch.utils.data import DataLoader
 
 from sgm.callbacks import ImageLogger
 from sgm.config import build_model
-from sgm.distributed_faults import FAULT_DIR_ENV, RankFailureGuard
+from sgm.distributed_faults import FAILED_RANK_GRACE_ENV, FAULT_DIR_ENV, OWN_EXIT_DEADLINE_ENV, RankFailureGuard
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +35,9 @@ END_WITHIN_S = 60.0
 # The whole command: start-up of both ranks (~15 s on 2 cores) plus the bound, with margin.
 COMMAND_LIMIT_S = 150.0
 FAULT_STEP = 1
+# The backstops' waits in the ranks (20 s and 10 s by default), shortened: a stuck rank is ended as it would be,
+# sooner. Still long enough for a tiny CPU run's teardown and traceback (the reports checked below).
+BACKSTOP_WAITS = {OWN_EXIT_DEADLINE_ENV: "5", FAILED_RANK_GRACE_ENV: "3"}
 
 
 class FailAtStep(pl.Callback):
@@ -72,7 +74,7 @@ def script_env(*paths: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("HI3D_RUN_TIMESTAMP", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", FAULT_DIR_ENV)}
     env.update(PYTHONPATH=os.pathsep.join([*map(str, paths), str(ROOT / "tests"), env.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", **BACKSTOP_WAITS)
     return env
 
 
