@@ -47,15 +47,16 @@ def small_demo_configs(folder: Path, size1: int = 64, size2: int = 128) -> tuple
     return paths[0], paths[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def configs(tmp_path_factory) -> tuple[Path, Path]:
-    """The stage-1 and stage-2 demo configs at small resolutions (:func:`small_demo_configs`), per test module."""
+    """The stage-1 and stage-2 demo configs at small resolutions (:func:`small_demo_configs`), written once."""
     return small_demo_configs(tmp_path_factory.mktemp("configs"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pipe(configs):
-    """A CPU :class:`~sgm.pipelines.hi3d.Hi3DPipeline` of :func:`configs`, built once per test module."""
+    """A CPU :class:`~sgm.pipelines.hi3d.Hi3DPipeline` of :func:`configs`, built once for every test module that
+    uses it (they only run it: none changes its settings or models)."""
     from sgm.pipelines.hi3d import Hi3DPipeline
 
     return Hi3DPipeline.from_configs(*configs, device="cpu")

@@ -59,11 +59,15 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"app.py did not answer on {url} within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def require_browser_tools() -> None:
     require(Path(CHROMIUM).is_file(), f"chromium ({CHROMIUM}; apt-get install chromium)")
     require(importlib.util.find_spec("gradio") is not None, "gradio (pip install -e .[app])")
     require(importlib.util.find_spec("playwright") is not None, "playwright (pip install -e .[browser-test])")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    require_browser_tools()
     folder = tmp_path_factory.mktemp("app")
     port = free_port()
     log = folder / "app.log"
@@ -124,9 +128,7 @@ class SyntheticPipeline:
 @pytest.fixture(scope="module")
 def synthetic_app_url(tmp_path_factory):
     """The page served in this process over :class:`SyntheticPipeline`."""
-    require(Path(CHROMIUM).is_file(), f"chromium ({CHROMIUM}; apt-get install chromium)")
-    require(importlib.util.find_spec("gradio") is not None, "gradio (pip install -e .[app])")
-    require(importlib.util.find_spec("playwright") is not None, "playwright (pip install -e .[browser-test])")
+    require_browser_tools()
     from sgm.app.jobs import JobRunner
     from sgm.app.ui import Handlers, serve
 
@@ -139,32 +141,42 @@ def synthetic_app_url(tmp_path_factory):
         page.close()
 
 
-@contextlib.contextmanager
-def browser_tab(url: str, profile: Path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module; each test gets a fresh context of it (:func:`browser_tab`: its own
+    cookies, storage and cache), without a browser start each."""
+    require_browser_tools()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            tab = context.new_page()
-            tab.goto(url)
-            tab.wait_for_selector("#input_file input[type=file]", state="attached", timeout=60_000)
-            yield tab
+            yield chromium
         finally:
-            context.close()
+            chromium.close()
+
+
+@contextlib.contextmanager
+def browser_tab(browser, url: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        tab = context.new_page()
+        tab.goto(url)
+        tab.wait_for_selector("#input_file input[type=file]", state="attached", timeout=60_000)
+        yield tab
+    finally:
+        context.close()
 
 
 @pytest.fixture
-def page(app_url, tmp_path):
-    with browser_tab(app_url, tmp_path / "profile") as tab:
+def page(browser, app_url):
+    with browser_tab(browser, app_url) as tab:
         yield tab
 
 
 @pytest.fixture
-def synthetic_page(synthetic_app_url, tmp_path):
-    with browser_tab(synthetic_app_url, tmp_path / "profile") as tab:
+def synthetic_page(browser, synthetic_app_url):
+    with browser_tab(browser, synthetic_app_url) as tab:
         yield tab
 
 
