@@ -31,9 +31,11 @@ from sgm.modules.diffusionmodules.util import compile_block_bodies
 from sgm.modules.video_attention import VideoTransformerBlock
 from sgm.training import (
     TrainingConfigError,
+    TrainOptions,
     parse_devices,
     rank_seed,
     resolve_resume,
+    run,
     scaled_learning_rate,
     translate_trainer_options,
 )
@@ -362,11 +364,16 @@ def test_ddp_two_cpu_processes_and_resume(orbit_folder: Path, tmp_path: Path):
     assert state["global_step"] == 4
     assert list((tmp_path / "logs").iterdir()) == [logdir], "resume must reuse the run folder"
 
-    # a checkpoint of 2 processes resumes in 1, and that one again in 2
+    # a checkpoint of 2 processes resumes in 1 (one process: the script's run in this process), and that one
+    # again in 2
     for tag, devices, steps in (("third", "1", 5), ("fourth", "2", 6)):
-        run_script(["--resume", str(logdir), *common[:-1], devices, "--max_steps", str(steps),
-                    f"lightning.callbacks.checksum.params.tag={tag}",
-                    "lightning.callbacks.image_logger.params.disabled=true"], env)
+        overrides = [f"lightning.callbacks.checksum.params.tag={tag}",
+                     "lightning.callbacks.image_logger.params.disabled=true"]
+        if devices == "1":
+            run(TrainOptions(resume=str(logdir), train=True, no_test=True, accelerator="cpu", devices=devices,
+                             max_steps=steps, overrides=overrides))
+        else:
+            run_script(["--resume", str(logdir), *common[:-1], devices, "--max_steps", str(steps), *overrides], env)
         ranks = [json.loads(path.read_text()) for path in sorted(out.glob(f"{tag}-rank*.json"))]
         assert [(r["start"], r["end"], r["world_size"]) for r in ranks] == [(steps - 1, steps, int(devices))] * int(devices)
         assert len({r["sha256"] for r in ranks}) == 1
