@@ -12,7 +12,11 @@ scripts/eval_demo.py), one ring's ground-truth views at the stage-1 size (S1) an
 * ``mp4 round trip``: the S1 views after the mp4 encoding that stage 2 reads them through;
 * ``bicubic``: the S1 views upsampled to S2 (the baseline of eval_demo.py's stage 2);
 * ``stage 2 on ground truth``: stage 2 refining the S1 ground-truth views (mp4 round trip, frame
-  0 the input view) instead of stage-1 views: the refiner's own quality as a super-resolver.
+  0 the input view) instead of stage-1 views: the refiner's own quality as a super-resolver;
+* ``stage 2 denoiser, sigma s`` (one row per ``--probe-sigmas`` value): one call of the stage-2
+  denoiser on the S2 ground-truth latents plus noise of level s, conditioned as in sampling on the
+  same views (bilinear to S2), decoded: how well the refiner has learnt to pass its conditioning
+  frames through, without sampling. A trained refiner scores near ``autoencoder S2`` at small s.
 
 Printed as a table of means over the objects; ``--json`` also keeps the per-object values.
 """
@@ -26,14 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgm.common.images import pixels_to_tensor, tensor_to_pixels
+from sgm.common.images import pixels_to_tensor, resize_bilinear, tensor_to_pixels
 from sgm.common.video_io import mp4_round_trip
 from sgm.evaluation.held_out import scan_held_out
 from sgm.evaluation.orbit_metrics import bicubic_upsample, score_orbit
 from sgm.pipelines.checks import check_settings
 from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline, model_resolution
+from sgm.pipelines.loading import autocast_for, model_device_dtype
+from sgm.pipelines.sampling import stage2_input_frames
 
 ROWS = ("autoencoder S1", "autoencoder S2", "mp4 round trip", "bicubic", "stage 2 on ground truth")
+
+
+def probe_row(sigma: float) -> str:
+    return f"stage 2 denoiser, sigma {sigma:g}"
 
 
 @torch.no_grad()
@@ -55,8 +65,38 @@ def stage2_on(pipe: Hi3DPipeline, views: np.ndarray, elevation_deg: float, seed:
                              generator)
 
 
-def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int | None) -> dict[str, float]:
-    """PSNR (dB) of every row of :data:`ROWS` for one object."""
+@torch.no_grad()
+def denoiser_probe(pipe: Hi3DPipeline, views: np.ndarray, truth: np.ndarray, elevation_deg: float,
+                   sigmas: list[float], seed: int) -> dict[float, np.ndarray]:
+    """The stage-2 denoiser's one-call predictions of ``truth`` (uint8 ``(T, S2, S2, 3)``) from its
+    latents plus noise of each level in ``sigmas``, conditioned on uint8 ``views`` ``(T, s, s, 3)``
+    read back from their mp4 with frame 0 the input view (as :meth:`Hi3DPipeline.refine_video`
+    conditions); decoded, uint8 ``(T, S2, S2, 3)`` per sigma, in the pipeline's dtype (autocast)."""
+    model = pipe.model("refine")
+    device, dtype = model_device_dtype(model)
+    size, frames = model_resolution(model), model.num_samples
+    generator = torch.Generator(device).manual_seed(seed)
+    inputs = stage2_input_frames(mp4_round_trip(views), views[0], frames)
+    condition = pixels_to_tensor(resize_bilinear(inputs, size, size)).to(device)
+    latents = model.encode_first_stage(pixels_to_tensor(truth).to(device), generator=generator).float()
+    batch = model.add_custom_cond({"video": condition.permute(1, 0, 2, 3)[None],
+                                   "elevation": torch.tensor([elevation_deg], device=device)},
+                                  infer=True, generator=generator)
+    denoise = model.denoiser_fn(frames)
+    predictions = {}
+    with autocast_for(device, dtype):
+        cond, _ = model.conditioner.get_unconditional_conditioning(batch, model.unconditional_keys)
+        for sigma in sigmas:
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            levels = torch.full((frames,), float(sigma), device=device)
+            denoised = denoise(latents + sigma * noise, levels, cond)
+            predictions[sigma] = tensor_to_pixels(model.decode_first_stage(denoised).float())
+    return predictions
+
+
+def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int | None,
+                  probe_sigmas: list[float]) -> dict[str, float]:
+    """PSNR (dB) of every row of :data:`ROWS` and of the denoiser probe for one object."""
     orbit, refine = pipe.model("orbit"), pipe.model("refine")
     size1, size2 = model_resolution(orbit), model_resolution(refine)
     truth1, truth2 = obj.views(ring, 0, size1), obj.views(ring, 0, size2)
@@ -66,6 +106,8 @@ def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int 
                "bicubic": (bicubic_upsample(truth1, size2), truth2),
                "stage 2 on ground truth": (stage2_on(pipe, truth1, obj.ring_elevation(ring), seed, num_steps),
                                            truth2)}
+    probes = denoiser_probe(pipe, truth1, truth2, obj.ring_elevation(ring), probe_sigmas, seed)
+    outputs.update({probe_row(sigma): (pred, truth2) for sigma, pred in probes.items()})
     return {row: score_orbit(pred, target)["psnr"] for row, (pred, target) in outputs.items()}
 
 
@@ -76,6 +118,8 @@ def main() -> None:
     parser.add_argument("--ring", type=int, default=2, help="ring index of every object")
     parser.add_argument("--configs", nargs=2, default=list(DEMO_CONFIGS), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--steps", type=int, default=None, help="stage-2 sampling steps (default: the config's)")
+    parser.add_argument("--probe-sigmas", type=float, nargs="*", default=[0.5, 2.0, 10.0],
+                        help="noise levels of the denoiser probe (none: no probe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
@@ -86,13 +130,14 @@ def main() -> None:
     started = time.perf_counter()
     per_object = {}
     for obj in objects:
-        per_object[obj.name] = object_scores(pipe, obj, args.ring, args.seed, args.steps)
+        per_object[obj.name] = object_scores(pipe, obj, args.ring, args.seed, args.steps, args.probe_sigmas)
         print(obj.name, {row: round(value, 2) for row, value in per_object[obj.name].items()}, flush=True)
-    means = {row: float(np.mean([scores[row] for scores in per_object.values()])) for row in ROWS}
+    rows = [*ROWS, *map(probe_row, args.probe_sigmas)]
+    means = {row: float(np.mean([scores[row] for scores in per_object.values()])) for row in rows}
     print(f"\n{len(objects)} of {found} objects in {args.data}, ring {args.ring}, "
           f"{time.perf_counter() - started:.0f} s; PSNR (dB), frames 1..T-1")
-    for row in ROWS:
-        print(f"  {row:<26} {means[row]:6.2f}")
+    for row in rows:
+        print(f"  {row:<28} {means[row]:6.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps({"configs": [str(c) for c in args.configs], "ring": args.ring, "means": means,
                                          "objects": per_object}, indent=1))
