@@ -59,8 +59,7 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[0] % self.n_cond_frames:
             raise ValueError(f"{images.shape[0]} images is not a multiple of n_cond_frames={self.n_cond_frames}")
-        # chunks bound the memory of real images; meta tensors (shape checks) have none, and each chunk costs time there
-        chunk = images.shape[0] if images.device.type == "meta" else self.chunk_size or images.shape[0]
+        chunk = self.chunk_size or images.shape[0]
         latents = torch.cat([self._encode(part) for part in images.split(chunk)]) * self.scale_factor
         clips = latents.shape[0] // self.n_cond_frames
         latents = latents.reshape(clips, 1, self.n_cond_frames * latents.shape[1], *latents.shape[2:])
