@@ -1,11 +1,13 @@
-"""Time one full-size training step (forward + backward + optimizer) on a GPU, random weights.
+"""Time one training step (forward + backward + optimizer) on a GPU, random weights (full-size models by default).
 
     python benchmarks/bench_training.py --stage 1 --precision fp16
     python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --compile --cuda_graph --json out.json
     python benchmarks/bench_training.py --stage 1 --precision bf16 --fused_adam --profile
+    python benchmarks/bench_training.py --stage 2 --config configs/demo-train-v02.yaml --batch 8 --precision bf16
 
-The model of ``configs/train-v0{1,2}.yaml`` (without its starting checkpoint): batch 1 clip of 16
-frames at the stage resolution, gradient checkpointing on, AdamW over the whole UNet, mixed
+The model of ``configs/train-v0{1,2}.yaml`` or of ``--config`` (without its starting checkpoint):
+``--batch`` clips (default 1) of 16 frames at the stage resolution, gradient checkpointing as the config
+says (on in the full-size ones), AdamW over the trained parameters, mixed
 precision through autocast (fp16 with a gradient scaler, or bf16), master weights in float32,
 frozen modules cast as when Lightning starts fitting (``half_precision_frozen_modules``).
 ``--set`` applies further config overrides (e.g. ``model.params.half_precision_frozen_modules=false``).
@@ -40,18 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {1: ROOT / "configs" / "train-v01.yaml", 2: ROOT / "configs" / "train-v02.yaml"}
 
 
-def make_batch(model, stage: int, device: torch.device) -> dict:
-    """One random clip with the keys the stage's training data gives (stage 2: masks and blur kernels)."""
+def make_batch(model, stage: int, device: torch.device, clips: int = 1) -> dict:
+    """``clips`` random clips with the keys the stage's training data gives (stage 2: masks and blur
+    kernels drawn with the model's degradation settings)."""
     size, frames = model.resolution, model.num_samples
     generator = torch.Generator(device).manual_seed(0)
-    video = torch.rand(1, 3, frames, size, size, device=device, generator=generator) * 2 - 1
-    batch = {"video": video, "elevation": torch.tensor([10.0], device=device),
-             "image_only_indicator": torch.zeros(1, frames, device=device), "num_video_frames": frames}
+    video = torch.rand(clips, 3, frames, size, size, device=device, generator=generator) * 2 - 1
+    batch = {"video": video, "elevation": torch.full((clips,), 10.0, device=device),
+             "image_only_indicator": torch.zeros(clips, frames, device=device), "num_video_frames": frames}
     if stage == 2:
-        kernels = sample_clip_kernels(frames, DegradationConfig(), torch.Generator().manual_seed(0))
-        batch.update({"masks": torch.ones(1, frames, size, size, device=device),
-                      "kernel1s": kernels.kernel1[None].to(device), "kernel2s": kernels.kernel2[None].to(device),
-                      "sinc_kernels": kernels.sinc[None].to(device)})
+        settings = model.degradation.pipeline.config if model.degradation is not None else DegradationConfig()
+        kernels = [sample_clip_kernels(frames, settings, torch.Generator().manual_seed(i)) for i in range(clips)]
+        batch.update({"masks": torch.ones(clips, frames, size, size, device=device),
+                      "kernel1s": torch.stack([k.kernel1 for k in kernels]).to(device),
+                      "kernel2s": torch.stack([k.kernel2 for k in kernels]).to(device),
+                      "sinc_kernels": torch.stack([k.sinc for k in kernels]).to(device)})
     return batch
 
 
@@ -117,7 +122,7 @@ def profile_step(forward, backward, update) -> None:
 
 
 def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: bool, overrides: list[str],
-            steps: int, profile_one_step: bool = False) -> dict:
+            steps: int, profile_one_step: bool = False, config_path: Path | None = None, clips: int = 1) -> dict:
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -127,7 +132,7 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
     fixed = ["model.params.ckpt_path=null", f"model.params.compile_unet={flag[compile]}",
              f"model.params.compile_first_stage_encoder={flag[compile]}",
              f"model.params.cuda_graph_training={flag[cuda_graph]}"]
-    config = load_config(CONFIGS[stage], fixed + overrides)
+    config = load_config(config_path or CONFIGS[stage], fixed + overrides)
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
     model.train()
@@ -136,7 +141,7 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
     model.apply_training_precision(dtype)
     optimizer = torch.optim.AdamW(model.trained_parameters(), lr=1e-5, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    batch = make_batch(model, stage, device)
+    batch = make_batch(model, stage, device, clips)
 
     def forward():
         with torch.autocast("cuda", dtype=dtype):
@@ -202,7 +207,8 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
     assert torch.isfinite(loss), "non-finite loss"
     if profile_one_step:
         profile_step(forward, backward, update)
-    return {"stage": stage, "precision": precision, "fused_adam": fused, "compile": compile, "cuda_graph": cuda_graph,
+    return {"stage": stage, "config": str(config_path or CONFIGS[stage]), "clips": clips, "precision": precision,
+            "fused_adam": fused, "compile": compile, "cuda_graph": cuda_graph,
             "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -214,6 +220,9 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="training config of that stage (default: configs/train-v0N.yaml), e.g. a demo one")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step")
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16")
     parser.add_argument("--fused_adam", action="store_true", help="torch's fused AdamW kernel")
     parser.add_argument("--compile", action="store_true",
@@ -227,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     require_cuda()
     report(measure(args.stage, args.precision, args.fused_adam, args.compile, args.cuda_graph, args.set, args.steps,
-                   args.profile), args.json)
+                   args.profile, args.config, args.batch), args.json)
 
 
 if __name__ == "__main__":
