@@ -14,6 +14,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def share_cores_between_workers() -> None:
+    """Under pytest-xdist, give each worker process (and the programs its tests start) an equal share of
+    the cores instead of all of them: the workers' torch thread pools would otherwise contend."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(threads)
+
+
+share_cores_between_workers()
+
+
 def reference_dir() -> Path:
     """Folder of the parity cases: ``$HI3D_REFERENCE_DIR`` or ``<repo>/../shared/reference/public``."""
     return Path(os.environ.get("HI3D_REFERENCE_DIR", ROOT.parent / "shared" / "reference" / "public"))
