@@ -123,6 +123,7 @@ def profile_step(forward, backward, update) -> None:
 
 def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: bool, overrides: list[str],
             steps: int, profile_one_step: bool = False, config_path: Path | None = None, clips: int = 1) -> dict:
+    config_path = config_path or CONFIGS[stage]
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -132,7 +133,7 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
     fixed = ["model.params.ckpt_path=null", f"model.params.compile_unet={flag[compile]}",
              f"model.params.compile_first_stage_encoder={flag[compile]}",
              f"model.params.cuda_graph_training={flag[cuda_graph]}"]
-    config = load_config(config_path or CONFIGS[stage], fixed + overrides)
+    config = load_config(config_path, fixed + overrides)
     with torch.device(device):
         model = build_model(config, random_pretrained_encoders=True)
     model.train()
@@ -207,7 +208,7 @@ def measure(stage: int, precision: str, fused: bool, compile: bool, cuda_graph: 
     assert torch.isfinite(loss), "non-finite loss"
     if profile_one_step:
         profile_step(forward, backward, update)
-    return {"stage": stage, "config": str(config_path or CONFIGS[stage]), "clips": clips, "precision": precision,
+    return {"stage": stage, "config": str(config_path), "clips": clips, "precision": precision,
             "fused_adam": fused, "compile": compile, "cuda_graph": cuda_graph,
             "overrides": " ".join(overrides) or "-",
             "step_s": statistics.median(times), "step_s_min": min(times), "first_step_s": first_step,
