@@ -65,6 +65,7 @@ from .config import build_model, load_config
 from .config_check import check_keywords, check_value, signature_of
 from .distributed_faults import RankFailureGuard, watch_ranks
 from .metrics_logs import metrics_logger
+from .pipelines.conv_shapes import guard_training_convolutions
 from .training_config import check_training_config
 from .util import ConfigError, instantiate_from_config
 from .zero_checkpoint import is_zero_checkpoint, saved_world_size
@@ -485,6 +486,7 @@ def run(options: TrainOptions) -> pl.Trainer:
     pl.seed_everything(options.seed, workers=True)
     with model_init_device(early_options, torch.cuda.is_available()):
         model = build_model(config)
+    guard_training_convolutions(model, config, early_options.get("precision"))  # wrong cuDNN kernels (issue 20)
     has_validation = is_overridden("validation_step", model, pl.LightningModule)
     with run_folder_in_use(folders) as folders:
         trainer = build_trainer(config, folders, options, has_validation)

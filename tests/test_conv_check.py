@@ -201,3 +201,22 @@ def test_gpu_convolutions_of_the_full_size_models(precision):
         assert not failing, cc.format_table([r for r in results if not r.passed])
     native = cc.check_shapes(failing, "cuda", precision, conv=cc.native_convolution)
     assert all(r.passed for r in native), cc.format_table(native)
+
+
+def test_listed_shapes_are_kept_on_disk_and_read_back(tmp_path):
+    # A run lists its model's convolutions once per machine: the second call reads the file the first
+    # wrote, and does not trace the model again.
+    from sgm.pipelines.conv_shapes import inference_conv_shapes, listed_once
+
+    config = ROOT / "configs" / "tiny-train-v01.yaml"
+    traced = []
+
+    def lister(model):
+        traced.append(1)
+        return inference_conv_shapes(model)
+
+    first = listed_once(config, "inference", lister)
+    (kept,) = (tmp_path / "cache").glob("shapes-*.json")
+    second = listed_once(config, "inference", lister)
+    assert first == second and len(traced) == 1 and len(first) > 5
+    assert listed_once(config, "training", lister) == first and len(traced) == 2  # another kind: listed again

@@ -124,7 +124,7 @@ def listed_once(config: DictConfig | str | Path, kind: str, lister) -> list[Conv
     """``lister(meta_model(config))``, kept on disk beside the check results (keyed by the model
     node, ``kind`` and the torch version): listing a full-size model costs 20-40 s of CPU."""
     config = load_config(config) if not isinstance(config, DictConfig) else config
-    text = OmegaConf.to_yaml(OmegaConf.create({"model": config.model, "kind": kind, "torch": torch.__version__,
+    text = OmegaConf.to_yaml(OmegaConf.create({"model": config.model, "kind": kind, "torch": str(torch.__version__),
                                                "data": config.get("data")}), resolve=True)
     folder = os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "hi3d" / "conv-check"))
     path = Path(folder) / f"shapes-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json" if folder else None

@@ -40,6 +40,7 @@ from ..hub import join as hub_join
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
 from ..recon.views import views_from_frames
 from .checks import RunSettings, check_settings, require_finite_frames
+from .conv_shapes import guard_inference_convolutions
 from .inputs import InputImage, load_input, open_input
 from .loading import (
     PROJECT_ROOT,
@@ -204,6 +205,7 @@ class Hi3DPipeline:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, checkpoint = load_stage_model(spec, home, self.dtype)
+            guard_inference_convolutions(model, spec.config, self.device, self.dtype)  # wrong cuDNN kernels (issue 20)
             source = checkpoint_source(spec)
             named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
             self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
