@@ -17,11 +17,15 @@ calls) add up to one run:
    condition-frame encoder), then configs/demo-train-v01.yaml (on demo-v01.yaml); every weight of
    the trained model goes to EXPORT/stage1.safetensors (float16; EXPORT: demo/models/).
 4. ``stage2``: the same with configs/demo-train-v02.yaml (on demo-v02.yaml).
+5. ``stage2-finetune``: the stage-2 model of phase 4 (its float16 weights, as exported) trained on
+   with configs/demo-finetune-v02.yaml (far milder degradation of the condition frames, a
+   decaying rate); its weights replace EXPORT/stage2.safetensors. ``--stage2-finetune-steps 0``
+   leaves phase 4's weights as the exported ones.
 
 Stages 1 and 2 depend only on the autoencoder (stage 2 trains on degraded ground-truth views, not
 on stage-1 output), so once it is done two processes on the same WORK, ``--only stage1`` and
 ``--only stage2``, can train them side by side on one GPU, whose small steps leave it mostly idle
-(the shipped run did so: BENCHMARKS.md).
+(the shipped run did so: BENCHMARKS.md); the fine-tune waits for phase 4.
 
 Across device calls (a call: at most 10 minutes, at most 8 files of 16 MiB back): ``--pack DIR``
 writes, at the end of a call, what a later call needs to continue (the log, the finished phases'
@@ -74,7 +78,9 @@ TRAIN_SEED, HELDOUT_SEED = 0, 1
 # Per stage: its demo (inference) config, and the training overlay on it.
 STAGES = {"stage1": ("configs/demo-v01.yaml", "configs/demo-train-v01.yaml"),
           "stage2": ("configs/demo-v02.yaml", "configs/demo-train-v02.yaml")}
-TRAINING_PHASES = ("autoencoder", "stage1", "stage2")
+# The last phase: (stage whose weights it trains on and replaces, config).
+FINETUNE = {"stage2-finetune": ("stage2", "configs/demo-finetune-v02.yaml")}
+TRAINING_PHASES = ("autoencoder", "stage1", "stage2", *FINETUNE)
 AUTOENCODER_CONFIG = "configs/demo-train-autoencoder.yaml"
 SCALE_DIGITS = 4
 STOP_GRACE_S = 300  # how long a child may take to save last.ckpt after SIGTERM
@@ -112,8 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--autoencoder-steps", type=int, default=2000)
     parser.add_argument("--stage1-steps", type=int, default=2885)
     parser.add_argument("--stage2-steps", type=int, default=860)
+    parser.add_argument("--stage2-finetune-steps", type=int, default=1219, help="0: no fine-tuning of stage 2")
     parser.add_argument("--set", action="append", default=[], metavar="PHASE:KEY=VALUE",
-                        help="config override for one training phase (autoencoder, stage1, stage2), repeatable, "
+                        help=f"config override for one training phase ({', '.join(TRAINING_PHASES)}), repeatable, "
                              "e.g. autoencoder:data.params.batch_size=4")
     parser.add_argument("--accelerator", default="auto", help="auto (the GPU when there is one), cpu or gpu")
     parser.add_argument("--devices", type=int, default=1,
@@ -329,17 +336,32 @@ def write_init(plan: Plan, stage: str) -> Path:
     return path
 
 
-def export_stage(plan: Plan, stage: str, scale: float) -> Path:
-    """EXPORT/<stage>.safetensors: every weight of the trained stage as float16, written atomically;
-    metadata: the steps trained and the latent ``scale_factor``."""
+def stage_weights(plan: Plan, stage: str, phase: str) -> dict[str, torch.Tensor]:
+    """Every weight of ``stage``'s demo model as trained by ``phase`` (checked strictly against the
+    demo config), floating-point tensors in float16."""
     model = build_model(load_config(ROOT / STAGES[stage][0]), random_pretrained_encoders=True)
-    weights = trained_weights(plan, stage)
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(trained_weights(plan, phase), strict=True)
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+
+
+def write_finetune_init(plan: Plan, phase: str) -> Path:
+    """WORK/<phase>-init.safetensors: the weights its stage's phase exported (float16)."""
+    path = plan.work / f"{phase}-init.safetensors"
+    if not path.exists():
+        save_file(stage_weights(plan, FINETUNE[phase][0], FINETUNE[phase][0]), path)
+    return path
+
+
+def export_stage(plan: Plan, stage: str, scale: float, phase: str | None = None) -> Path:
+    """EXPORT/<stage>.safetensors: every weight of ``stage`` as trained by ``phase`` (default: the
+    stage's own phase) in float16, written atomically; metadata: the steps ``phase`` trained and the
+    latent ``scale_factor``."""
+    phase = phase or stage
+    tensors = stage_weights(plan, stage, phase)
     plan.export.mkdir(parents=True, exist_ok=True)
     target = plan.export / f"{stage}.safetensors"
     partial = target.with_suffix(".partial")
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, partial, metadata={"steps": str(checkpoint_step(run_folder(plan, stage))),
+    save_file(tensors, partial, metadata={"steps": str(checkpoint_step(run_folder(plan, phase))),
                                           "scale_factor": str(scale)})
     os.replace(partial, target)
     log(plan, phase="export", file=str(target), megabytes=round(target.stat().st_size / 2**20, 2))
@@ -355,11 +377,13 @@ PART_BYTES = 15 * 2**20
 
 def packed_files(work: Path) -> list[Path]:
     """What a later call needs: the log, the finished phases' records and the autoencoder's weights
-    (the stages' weights are the exported files), and every unfinished phase's run folders."""
+    (the stages' weights are the exported files), and every unfinished phase's run folders (and
+    init file, for a fine-tune)."""
     files = [work / "log.jsonl", work / "autoencoder.safetensors", *work.glob("*.done.json")]
     for phase in TRAINING_PHASES:
         if not (work / f"{phase}.done.json").exists():
             files += [p for p in (work / "runs" / phase).rglob("*") if p.is_file()]
+            files += [work / f"{phase}-init.safetensors"] if phase in FINETUNE else []
     return sorted(p for p in files if p.is_file())
 
 
@@ -437,6 +461,16 @@ def run(plan: Plan, only: str | None) -> int:
             if not train(plan, stage, [training_config], [*stage_overrides, f"model.params.ckpt_path={init}"]):
                 return 0
             finish(plan, stage, export_stage(plan, stage, scale))
+            for phase in (name for name, (source, _) in FINETUNE.items() if source == stage):
+                write_finetune_init(plan, phase)  # now: a later call may not have the stage's run folder
+    for phase, (stage, config) in FINETUNE.items():
+        if wanted(phase) and plan.steps[phase] > 0 and not done_file(plan, phase).exists():
+            if not done_file(plan, stage).exists():
+                raise UsageError(f"{phase} fine-tunes the {stage} phase's model: finish {stage} first")
+            init = write_finetune_init(plan, phase)
+            if not train(plan, phase, [config], [*stage_overrides, f"model.params.ckpt_path={init}"]):
+                return 0
+            finish(plan, phase, export_stage(plan, stage, scale, phase))
     return 0
 
 
@@ -450,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(work=args.work.resolve(), export=args.export.resolve(), resolution=args.resolution,
                 train_objects=args.train_objects, heldout_objects=args.heldout_objects,
                 steps={"autoencoder": args.autoencoder_steps, "stage1": args.stage1_steps,
-                       "stage2": args.stage2_steps},
+                       "stage2": args.stage2_steps, "stage2-finetune": args.stage2_finetune_steps},
                 overrides=phase_overrides(args.set),
                 accelerator=args.accelerator, devices=args.devices, precision=args.precision,
                 render_device=args.render_device,

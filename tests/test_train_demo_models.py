@@ -13,16 +13,18 @@ from conftest import load_script
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from sgm.checkpoint import read_state_dict
 from sgm.common.errors import UsageError
 from sgm.config import build_model, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_models.py"
 TINY = ["--train-objects", "2", "--heldout-objects", "1", "--resolution", "32", "--autoencoder-steps", "1",
-        "--stage1-steps", "1", "--stage2-steps", "1", "--render-device", "cpu", "--accelerator", "cpu"]
+        "--stage1-steps", "1", "--stage2-steps", "1", "--stage2-finetune-steps", "1", "--render-device", "cpu", "--accelerator", "cpu"]
 SMALL_DATA = {"autoencoder": ["data.params.batch_size=2", "data.params.width=32", "data.params.height=32"],
               "stage1": ["data.params.batch_size=1", "data.params.width=32", "data.params.height=32"],
-              "stage2": ["data.params.batch_size=1", "data.params.width=64", "data.params.height=64"]}
+              "stage2": ["data.params.batch_size=1", "data.params.width=64", "data.params.height=64"],
+              "stage2-finetune": ["data.params.batch_size=1", "data.params.width=64", "data.params.height=64"]}
 
 
 def tiny_overrides() -> list[str]:
@@ -91,11 +93,11 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(script, tmp_path)
     assert script.main(["--work", str(work), "--export", str(export), "--pack", str(tmp_path / "packed"),
                         *TINY, *tiny_overrides()]) == 0
     entries = log_entries(work)
-    trained = {e["phase"]: e for e in entries if e["phase"] in ("autoencoder", "stage1", "stage2")}
-    assert sorted(trained) == ["autoencoder", "stage1", "stage2"]
+    phases = ("autoencoder", "stage1", "stage2", "stage2-finetune")
+    trained = {e["phase"]: e for e in entries if e["phase"] in phases}
+    assert sorted(trained) == sorted(phases)
     assert all(e["steps_to"] == 1 and isinstance(e["last_loss"], float) for e in trained.values()), trained
-    assert sorted(p.name for p in work.glob("*.done.json")) == ["autoencoder.done.json", "stage1.done.json",
-                                                               "stage2.done.json"]
+    assert sorted(p.name for p in work.glob("*.done.json")) == sorted(f"{phase}.done.json" for phase in phases)
     assert sorted(p.name for p in (work / "train").iterdir()) == ["synthetic_0_00000", "synthetic_0_00001"]
     assert sorted(p.name for p in (work / "heldout").iterdir()) == ["synthetic_1_00000"]  # seed 1: disjoint
     (scale,) = [e["scale_factor"] for e in entries if e["phase"] == "autoencoder done"]
@@ -112,12 +114,22 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(script, tmp_path)
         trained_vae = load_file(work / "autoencoder.safetensors")
         assert all(torch.equal(vae[k], trained_vae[k].half()) for k in trained_vae), "the trained VAE is kept frozen"
 
+    # Stage 2's exported weights are the fine-tune's: it started from the stage-2 phase's weights
+    # (as exported then, float16) and its step changed the UNet.
+    start, final = load_file(work / "stage2-finetune-init.safetensors"), load_file(export / "stage2.safetensors")
+    assert start.keys() == final.keys() and all(w.dtype == torch.float16 for w in start.values() if w.is_floating_point())
+    unet = [k for k in start if k.startswith("model.diffusion_model.")]
+    assert unet and any(not torch.equal(start[k], final[k]) for k in unet)
+    stage2_run = Path(json.loads((work / "stage2.done.json").read_text())["run"])
+    stage2_weights = read_state_dict(stage2_run / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(start[k], stage2_weights[k].half()) for k in unet)
+
     # A new work folder from the packed state: every phase is finished, nothing is trained again.
     again = tmp_path / "again"
     assert script.main(["--work", str(again), "--export", str(tmp_path / "export2"), "--unpack",
                         str(tmp_path / "packed"), *TINY, *tiny_overrides()]) == 0
     new_entries = log_entries(again)[len(entries):]
-    assert not [e for e in new_entries if e["phase"] in ("autoencoder", "stage1", "stage2")], new_entries
+    assert not [e for e in new_entries if e["phase"] in phases], new_entries
     assert not (tmp_path / "export2").exists(), "finished stages are not exported again"
 
 
