@@ -220,3 +220,16 @@ def test_listed_shapes_are_kept_on_disk_and_read_back(tmp_path):
     second = listed_once(config, "inference", lister)
     assert first == second and len(traced) == 1 and len(first) > 5
     assert listed_once(config, "training", lister) == first and len(traced) == 2  # another kind: listed again
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_pipeline_checks_every_convolution_of_a_model_it_loads_on_the_gpu():
+    from sgm.pipelines.conv_shapes import inference_conv_shapes, meta_model
+    from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline
+
+    pipe = Hi3DPipeline.from_configs(*DEMO_CONFIGS, device="cuda", use_rembg=False, compile="off")
+    pipe.model("orbit")
+    checked = {shape for device, _, _, shape in cc._CHECKED if device.startswith("cuda")}
+    listed = set(inference_conv_shapes(meta_model(ROOT / DEMO_CONFIGS[0])))
+    assert listed and listed <= checked
