@@ -111,22 +111,34 @@ def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int, num_steps: int 
     return {row: score_orbit(pred, target)["psnr"] for row, (pred, target) in outputs.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def held_out_parser(doc: str, num_objects: int) -> argparse.ArgumentParser:
+    """The options the demo benchmarks share: held-out objects, ring, the two configs, seed, device, JSON."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="held-out objects (render_synthetic_orbits.py)")
-    parser.add_argument("--num-objects", type=int, default=8)
+    parser.add_argument("--num-objects", type=int, default=num_objects)
     parser.add_argument("--ring", type=int, default=2, help="ring index of every object")
     parser.add_argument("--configs", nargs=2, default=list(DEMO_CONFIGS), metavar=("STAGE1", "STAGE2"))
-    parser.add_argument("--steps", type=int, default=None, help="stage-2 sampling steps (default: the config's)")
-    parser.add_argument("--probe-sigmas", type=float, nargs="*", default=[0.5, 2.0, 10.0],
-                        help="noise levels of the denoiser probe (none: no probe)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def pipeline_and_objects(args: argparse.Namespace) -> tuple[Hi3DPipeline, list, int]:
+    """The demo pipeline of ``args.configs`` (eager, no background removal) and the first
+    ``args.num_objects`` objects of ``args.data`` with the number found there."""
+    pipe = Hi3DPipeline.from_configs(*args.configs, device=args.device, use_rembg=False, compile="off")
+    return (pipe, *scan_held_out(args.data, args.num_objects))
+
+
+def main() -> None:
+    parser = held_out_parser(__doc__, num_objects=8)
+    parser.add_argument("--steps", type=int, default=None, help="stage-2 sampling steps (default: the config's)")
+    parser.add_argument("--probe-sigmas", type=float, nargs="*", default=[0.5, 2.0, 10.0],
+                        help="noise levels of the denoiser probe (none: no probe)")
     args = parser.parse_args()
 
-    pipe = Hi3DPipeline.from_configs(*args.configs, device=args.device, use_rembg=False, compile="off")
-    objects, found = scan_held_out(args.data, args.num_objects)
+    pipe, objects, found = pipeline_and_objects(args)
     started = time.perf_counter()
     per_object = {}
     for obj in objects:

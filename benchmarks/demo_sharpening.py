@@ -23,17 +23,15 @@ where the filter scores higher. ``--json`` also keeps the per-object values.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from demo_ceilings import held_out_parser, pipeline_and_objects
 from PIL import Image, ImageFilter
 
-from sgm.evaluation.held_out import scan_held_out
 from sgm.evaluation.orbit_metrics import bicubic_upsample, score_orbit
-from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline, model_resolution
+from sgm.pipelines.hi3d import Hi3DPipeline, model_resolution
 
 SOURCES = ("ground truth", "moved 1 px", "moved 2 px", "next azimuth", "stage 1")
 FILTERS = {"unsharp r1 x0.5": ("unsharp", 1.0, 0.5), "unsharp r1 x1": ("unsharp", 1.0, 1.0),
@@ -83,19 +81,8 @@ def object_scores(pipe: Hi3DPipeline, obj, ring: int, seed: int) -> dict[str, di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="held-out objects (render_synthetic_orbits.py)")
-    parser.add_argument("--num-objects", type=int, default=16)
-    parser.add_argument("--ring", type=int, default=2, help="ring index of every object")
-    parser.add_argument("--configs", nargs=2, default=list(DEMO_CONFIGS), metavar=("STAGE1", "STAGE2"),
-                        help="stage 1 makes the views; stage 2's config gives the output size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-
-    pipe = Hi3DPipeline.from_configs(*args.configs, device=args.device, use_rembg=False, compile="off")
-    objects, found = scan_held_out(args.data, args.num_objects)
+    args = held_out_parser(__doc__, num_objects=16).parse_args()  # stage 2's config only gives the output size
+    pipe, objects, found = pipeline_and_objects(args)
     started = time.perf_counter()
     per_object = {obj.name: object_scores(pipe, obj, args.ring, args.seed) for obj in objects}
     print(f"{len(objects)} of {found} objects in {args.data}, ring {args.ring}, {time.perf_counter() - started:.0f} s; "
