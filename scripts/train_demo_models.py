@@ -445,12 +445,17 @@ def run(plan: Plan, only: str | None) -> int:
     if wanted("data"):
         render(plan, plan.work / "train", plan.train_objects, TRAIN_SEED)
         render(plan, plan.work / "heldout", plan.heldout_objects, HELDOUT_SEED)
+    if only == "data":
+        return 0
     data_override = f"data.params.base_folder={plan.work / 'train'}"
     if wanted("autoencoder") and not done_file(plan, "autoencoder").exists():
         if not train(plan, "autoencoder", [AUTOENCODER_CONFIG], [data_override]):
             return 0
         weights = export_autoencoder(plan)
         finish(plan, "autoencoder", weights, scale_factor=latent_scale_factor(plan))
+    if not done_file(plan, "autoencoder").exists():
+        raise UsageError(f"--only {only} needs the autoencoder phase finished in {plan.work} (no "
+                         f"{done_file(plan, 'autoencoder').name}): run --only autoencoder first")
     # Computed once, when the autoencoder finished: every later call trains the stages with the same value.
     scale = json.loads(done_file(plan, "autoencoder").read_text())["scale_factor"]
     warn_unless_configs_hold(scale)
@@ -466,7 +471,8 @@ def run(plan: Plan, only: str | None) -> int:
     for phase, (stage, config) in FINETUNE.items():
         if wanted(phase) and plan.steps[phase] > 0 and not done_file(plan, phase).exists():
             if not done_file(plan, stage).exists():
-                raise UsageError(f"{phase} fine-tunes the {stage} phase's model: finish {stage} first")
+                raise UsageError(f"--only {phase} fine-tunes the {stage} phase's model, which is not finished in "
+                                 f"{plan.work} (no {done_file(plan, stage).name}): run --only {stage} first")
             init = write_finetune_init(plan, phase)
             if not train(plan, phase, [config], [*stage_overrides, f"model.params.ckpt_path={init}"]):
                 return 0

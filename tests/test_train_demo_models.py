@@ -149,3 +149,20 @@ def test_a_data_folder_with_too_few_objects_is_refused_and_kept(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: {work / 'train'} holds 1 rendered objects, 2 are asked for" in result.stderr
     assert (work / "train" / "mine" / "object.json").read_text() == "{}"
+
+
+def test_phases_run_alone_or_say_which_phase_must_come_first(tmp_path):
+    work = tmp_path / "work"
+    result = run_script("--work", str(work), "--only", "data", *TINY)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(list((work / "train").iterdir())) == 2 and not (work / "runs").exists()
+
+    result = run_script("--work", str(work), "--only", "stage1", *TINY)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--only stage1 needs the autoencoder phase finished" in result.stderr and not (work / "runs").exists()
+
+    (work / "autoencoder.done.json").write_text(json.dumps({"phase": "autoencoder", "scale_factor": 0.3591}))
+    result = run_script("--work", str(work), "--only", "stage2-finetune", *TINY)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--only stage2-finetune fine-tunes the stage2 phase's model, which is not finished" in result.stderr
+    assert not (work / "runs").exists()
