@@ -20,7 +20,8 @@ from sgm.config import build_model, load_config
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_demo_models.py"
 TINY = ["--train-objects", "2", "--heldout-objects", "1", "--resolution", "32", "--autoencoder-steps", "1",
-        "--stage1-steps", "1", "--stage2-steps", "1", "--stage2-finetune-steps", "1", "--render-device", "cpu", "--accelerator", "cpu"]
+        "--stage1-steps", "1", "--stage2-steps", "1", "--stage2-finetune-steps", "1", "--render-device", "cpu",
+        "--accelerator", "cpu"]
 SMALL_DATA = {"autoencoder": ["data.params.batch_size=2", "data.params.width=32", "data.params.height=32"],
               "stage1": ["data.params.batch_size=1", "data.params.width=32", "data.params.height=32"],
               "stage2": ["data.params.batch_size=1", "data.params.width=64", "data.params.height=64"],
@@ -117,7 +118,8 @@ def test_the_phases_run_end_to_end_and_a_carried_run_continues(script, tmp_path)
     # Stage 2's exported weights are the fine-tune's: it started from the stage-2 phase's weights
     # (as exported then, float16) and its step changed the UNet.
     start, final = load_file(work / "stage2-finetune-init.safetensors"), load_file(export / "stage2.safetensors")
-    assert start.keys() == final.keys() and all(w.dtype == torch.float16 for w in start.values() if w.is_floating_point())
+    assert start.keys() == final.keys()
+    assert all(w.dtype == torch.float16 for w in start.values() if w.is_floating_point())
     unet = [k for k in start if k.startswith("model.diffusion_model.")]
     assert unet and any(not torch.equal(start[k], final[k]) for k in unet)
     stage2_run = Path(json.loads((work / "stage2.done.json").read_text())["run"])

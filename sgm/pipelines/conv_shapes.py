@@ -122,7 +122,7 @@ def tf32_allowed() -> bool:
 
 def listed_once(config: DictConfig | str | Path, kind: str, lister) -> list[ConvShape]:
     """``lister(meta_model(config))``, kept on disk beside the check results (keyed by the model
-    node, ``kind`` and the torch version): listing a full-size model costs 20-40 s of CPU."""
+    node, ``kind`` and the torch version): listing a full-size model costs 4-13 s of CPU (BENCHMARKS.md)."""
     config = load_config(config) if not isinstance(config, DictConfig) else config
     text = OmegaConf.to_yaml(OmegaConf.create({"model": config.model, "kind": kind, "torch": str(torch.__version__),
                                                "data": config.get("data")}), resolve=True)
