@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from report import redraw_zero_parameters, report, require_cuda
 from sgm.config import build_model, load_config
+from sgm.pipelines.compilation import COMPILE_OPTIONS
 from sgm.pipelines.loading import DTYPES, ExecutionPlan, autocast_for
 from sgm.pipelines.sampling import generate_orbit, refine_orbit
 
@@ -44,7 +45,7 @@ def build(stage: int, device: torch.device, dtype: torch.dtype, mode: str):
         model = model.to("cpu")
         torch.cuda.empty_cache()
     if mode == "compile":
-        model.model.diffusion_model.compile()
+        model.model.diffusion_model.compile(**COMPILE_OPTIONS)
     return model
 
 

@@ -50,14 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build_pipeline(args: argparse.Namespace) -> Hi3DPipeline:
-    """The released models from --ckpt_dir, unless --demo or explicit configs / checkpoints are given."""
+def build_pipeline(args: argparse.Namespace, single_run: bool) -> Hi3DPipeline:
+    """The released models from --ckpt_dir, unless --demo or explicit configs / checkpoints are given;
+    ``single_run``: one image (no background compilation by default)."""
+    options = pipeline_options(args, single_run)
     if not args.demo and args.stage1_config is None and args.stage2_config is None:
         return Hi3DPipeline.from_pretrained(args.ckpt_dir, args.stage1_checkpoint, args.stage2_checkpoint,
-                                            **pipeline_options(args))
+                                            **options)
     default1, default2 = DEMO_CONFIGS if args.demo else (PRETRAINED["orbit"][1], PRETRAINED["refine"][1])
     return Hi3DPipeline.from_configs(args.stage1_config or default1, args.stage2_config or default2,
-                                     args.stage1_checkpoint, args.stage2_checkpoint, **pipeline_options(args))
+                                     args.stage1_checkpoint, args.stage2_checkpoint, **options)
 
 
 def report(result) -> None:
@@ -89,7 +91,7 @@ def run_batch(run, images: list[Path], root: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     images = batch_inputs(args.image_path)  # checked before any model is built
-    pipe = build_pipeline(args)
+    pipe = build_pipeline(args, single_run=images is None or len(images) == 1)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(UNTRAINED_NOTICE)
     elif args.demo:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from .common.errors import USER_ERRORS
 from .common.orbit import TRAINED_ELEVATION_RANGE_DEG
 from .pipelines.checks import SEED_MAX
-from .pipelines.loading import COMPILE_CHOICES
+from .pipelines.compilation import COMPILE_CHOICES, for_single_run
 
 if TYPE_CHECKING:
     from .pipelines.hi3d import Hi3DPipeline
@@ -68,14 +68,17 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--low_memory", action="store_true",
                         help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
     parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
-                        help="torch.compile the UNets: auto (default: on CUDA unless --low_memory), on, off; "
-                             "the first call of a process compiles for about 2 minutes per stage")
+                        help="torch.compile the UNets: auto (default: background on CUDA unless --low_memory and "
+                             "several images are run; off for one image), background (eager until a thread has "
+                             "compiled the UNet, compiled from the next image on), on (the first call waits about 2 "
+                             "minutes per stage on a new machine), off")
 
 
-def pipeline_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :class:`~sgm.pipelines.hi3d.Hi3DPipeline` from the shared flags."""
+def pipeline_options(args: argparse.Namespace, single_run: bool = False) -> dict:
+    """Keyword arguments of :class:`~sgm.pipelines.hi3d.Hi3DPipeline` from the shared flags; a process that
+    runs each stage once (``single_run``) does not compile by default (:func:`~sgm.pipelines.compilation.for_single_run`)."""
     return dict(device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg, low_memory=args.low_memory,
-                compile=args.compile)
+                compile=for_single_run(args.compile) if single_run else args.compile)
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -92,7 +95,7 @@ def stage_pipeline(args: argparse.Namespace, stage: int) -> Hi3DPipeline:
 
     configs = (args.denoise_config, None) if stage == 1 else (None, args.denoise_config)
     pipe = Hi3DPipeline.from_configs(*configs, **{f"stage{stage}_checkpoint": args.denoise_checkpoint},
-                                     **pipeline_options(args))
+                                     **pipeline_options(args, single_run=True))
     if pipe.is_untrained("orbit" if stage == 1 else "refine"):
         print(UNTRAINED_NOTICE)
     return pipe

@@ -15,14 +15,15 @@ from conftest import ROOT, digest_tree, load_script, write_synthetic_stage2
 from PIL import Image
 from safetensors.torch import save_file
 
-from sgm.cli import add_sampling_args
+from sgm.cli import add_sampling_args, pipeline_options
 from sgm.common.devices import resolve_device
 from sgm.common.errors import CheckpointError, DeviceError, OutputExistsError, UsageError
 from sgm.common.images import InputImageError, read_image, resize_and_center_crop
 from sgm.common.video_io import read_mp4, write_mp4
 from sgm.pipelines.background import load_rembg, remove_background
 from sgm.pipelines.hi3d import Hi3DPipeline
-from sgm.pipelines.loading import ModelSpec, load_stage_model, resolve_compile
+from sgm.pipelines.compilation import resolve_compile
+from sgm.pipelines.loading import ModelSpec, load_stage_model
 
 STEPS = 2  # the flow is the same at any step count; 25 (the default) is exercised by the README demo
 SIZE1, SIZE2 = 64, 128  # the sizes of conftest.small_demo_configs (the demo configs' own)
@@ -165,13 +166,14 @@ def test_cuda_requested_but_absent():
         resolve_device("cuda")
 
 
-def test_compile_is_the_cuda_default_except_in_low_memory_mode():
+def test_compile_defaults_to_the_background_on_cuda_except_in_low_memory_mode():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_compile("auto", cuda, low_memory=False)
-    assert not resolve_compile("auto", cuda, low_memory=True)
-    assert not resolve_compile("auto", cpu, low_memory=False)
-    assert resolve_compile("on", cpu, low_memory=True) and not resolve_compile("off", cuda, low_memory=False)
-    assert resolve_compile(True, cpu, low_memory=False) and not resolve_compile(False, cuda, low_memory=False)
+    assert resolve_compile("auto", cuda, low_memory=False) == "background"
+    assert resolve_compile("auto", cuda, low_memory=True) == "off"
+    assert resolve_compile("auto", cpu, low_memory=False) == "off"
+    assert resolve_compile("on", cpu, low_memory=True) == "on" and resolve_compile("off", cuda, low_memory=False) == "off"
+    assert resolve_compile("background", cpu, low_memory=False) == "background"
+    assert resolve_compile(True, cpu, low_memory=False) == "on" and resolve_compile(False, cuda, low_memory=False) == "off"
     with pytest.raises(UsageError, match="compile must be one of"):
         resolve_compile("yes", cuda, low_memory=False)
 
@@ -183,7 +185,18 @@ def test_compile_flag_values():
     assert parser.parse_args(required).compile == "auto"
     assert parser.parse_args(required + ["--compile"]).compile == "on"
     assert parser.parse_args(required + ["--compile", "off"]).compile == "off"
-    assert Hi3DPipeline(None, device="cpu", compile="auto").compile is False
+    assert parser.parse_args(required + ["--compile", "background"]).compile == "background"
+    assert Hi3DPipeline(None, device="cpu", compile="auto").compile == "off"
+
+
+def test_a_command_line_that_runs_one_image_does_not_compile_by_default():
+    parser = argparse.ArgumentParser()
+    add_sampling_args(parser)
+    required = ["--image_path", "x.png", "--output_dir", "out"]
+    assert pipeline_options(parser.parse_args(required), single_run=True)["compile"] == "off"
+    assert pipeline_options(parser.parse_args(required))["compile"] == "auto"
+    for chosen in ("on", "background", "off"):  # what the user asks for is kept
+        assert pipeline_options(parser.parse_args(required + ["--compile", chosen]), single_run=True)["compile"] == chosen
 
 
 def test_resize_and_center_crop_follows_the_official_rounding():

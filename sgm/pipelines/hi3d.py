@@ -35,11 +35,13 @@ from ..common.images import (
 )
 from ..common.progress import StepCallback
 from ..common.video_io import mp4_round_trip, read_mp4, write_mp4, write_views
+from ..config import load_config, model_node
 from ..hub import KNOWN_FILES, HubFileError, is_hub_reference, local_path
 from ..hub import join as hub_join
 from ..recon.reconstruct import ReconstructConfig, ReconstructResult, check_output_dir, reconstruct
 from ..recon.views import views_from_frames
 from .checks import RunSettings, check_settings, require_finite_frames
+from .compilation import BackgroundCompile, compile_unet, resolve_compile
 from .conv_shapes import guard_inference_convolutions
 from .inputs import InputImage, load_input, open_input
 from .loading import (
@@ -49,7 +51,6 @@ from .loading import (
     checkpoint_source,
     load_stage_model,
     resolve_checkpoint,
-    resolve_compile,
     resolve_dtype,
 )
 from .outputs import OutputLayout
@@ -118,9 +119,10 @@ class Hi3DPipeline:
         use_rembg: remove the background of RGB inputs with rembg when it is installed.
         low_memory: keep the models on the CPU and move each part to ``device`` only for its
             phase, with half-size guided UNet calls and one-frame decoding (same outputs).
-        compile: "auto" (compile the UNet with ``torch.compile`` on CUDA unless ``low_memory``),
-            "on" or "off" (see :func:`~sgm.pipelines.loading.resolve_compile`): a slow first
-            call, faster later ones.
+        compile: how each UNet is compiled with ``torch.compile`` (:mod:`~sgm.pipelines.compilation`):
+            "auto" ("background" on CUDA unless ``low_memory``, else "off"), "background" (eager
+            until a thread has compiled it, compiled from the next run on: no wait), "on" (the first
+            call waits about 2 minutes for the compilation on a new machine) or "off".
 
     Models are built on first use and kept for later calls.
     """
@@ -142,6 +144,7 @@ class Hi3DPipeline:
         self.plan = ExecutionPlan(self.device, low_memory)
         self.compile = resolve_compile(compile, self.device, low_memory)
         self._models: dict[str, torch.nn.Module] = {}
+        self._compiling: dict[str, BackgroundCompile | None] = {}
         self._weights: dict[str, dict] = {}  # per stage: the config and checkpoint its model came from
 
     @classmethod
@@ -198,7 +201,8 @@ class Hi3DPipeline:
         return cls.from_configs(config1, config2, files["orbit"], files["refine"], **kwargs)
 
     def model(self, stage: str) -> torch.nn.Module:
-        """The model of ``stage`` ("orbit" or "refine"), built once."""
+        """The model of ``stage`` ("orbit" or "refine"), built once; from the run after a background
+        compilation of its UNet has finished, with the compiled UNet."""
         if stage not in self._models:
             spec = self.specs.get(stage)
             if spec is None:
@@ -209,9 +213,13 @@ class Hi3DPipeline:
             source = checkpoint_source(spec)
             named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
             self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
-            if self.compile:
-                model.model.diffusion_model.compile()  # torch.compile in place; state-dict keys unchanged
+            network_config = model_node(load_config(spec.config))["params"]["network_config"]
+            self._compiling[stage] = compile_unet(model.model.diffusion_model, self.compile, f"stage {stage!r}",
+                                                  network_config)
             self._models[stage] = model
+        compiling = self._compiling[stage]
+        if compiling is not None:
+            compiling.adopt()  # between runs: a run's UNet calls all take one path
         return self._models[stage]
 
     def is_untrained(self, stage: str) -> bool:

@@ -38,26 +38,6 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
         raise UsageError(f"unknown dtype {name!r}: choose one of {sorted(DTYPES)}") from None
 
 
-COMPILE_CHOICES = ("auto", "on", "off")
-
-
-def resolve_compile(choice: str | bool, device: torch.device, low_memory: bool) -> bool:
-    """Whether to ``torch.compile`` the UNet: ``"auto"`` compiles on CUDA unless ``low_memory``.
-
-    Compiling costs about two minutes on the first call of a process (about 20 s when
-    torch's on-disk cache already holds the kernels) and makes each UNet call about 1.4x-1.6x
-    faster on an H100 (BENCHMARKS.md); low-memory runs move the UNet between devices, so
-    they stay eager. Booleans are accepted as ``"on"``/``"off"``.
-    """
-    if isinstance(choice, bool):
-        return choice
-    if choice not in COMPILE_CHOICES:
-        raise UsageError(f"compile must be one of {COMPILE_CHOICES}, got {choice!r}")
-    if choice == "auto":
-        return device.type == "cuda" and not low_memory
-    return choice == "on"
-
-
 @dataclass
 class ModelSpec:
     """Where a stage model comes from.

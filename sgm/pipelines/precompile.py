@@ -1,0 +1,53 @@
+"""The child process of a background compilation (:class:`~sgm.pipelines.compilation.BackgroundCompile`).
+
+    python -m sgm.pipelines.precompile CALL_FILE
+
+``CALL_FILE`` (written by the parent, ``torch.save``): the network's config node, its device, dtype
+and ``requires_grad``, the call's inputs (on the CPU) and the state the call ran in. The network is
+built with uninitialised weights (compilation depends on shapes and dtypes, not values), compiled
+exactly as the parent will compile it, and called once, which leaves the compiled graphs and kernels
+in torch's on-disk caches for the parent. Exit code 0 when that worked.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..util import instantiate_from_config
+from .compilation import COMPILE_OPTIONS, map_tensors
+
+
+def precompile(call: dict) -> None:
+    """Build, compile and call the network of ``call`` once (see the module docstring)."""
+    device = torch.device(call["device"])
+    state = call["state"]
+    # Set only where the parent's differ: setting a flag to the value it has can still change the
+    # precision state that torch's compiled-graph cache is keyed on.
+    for name, value in state["matmul"].items():
+        if getattr(torch.backends.cuda.matmul, name) != value:
+            setattr(torch.backends.cuda.matmul, name, value)
+    if torch.backends.cudnn.allow_tf32 != state["cudnn_tf32"]:
+        torch.backends.cudnn.allow_tf32 = state["cudnn_tf32"]
+    with torch.device("meta"):
+        network = instantiate_from_config(call["network_config"])
+    network = network.to_empty(device=device).to(getattr(torch, call["dtype"])).train(call["training"])
+    network.requires_grad_(call["requires_grad"])
+    network.compile(**COMPILE_OPTIONS)
+    args, kwargs = (map_tensors(call[key], lambda tensor: tensor.to(device)) for key in ("args", "kwargs"))
+    with torch.set_grad_enabled(state["grad"]), torch.autocast(device.type, dtype=getattr(torch, state["autocast_dtype"]),
+                                                               enabled=state["autocast"]):
+        network(*args, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m sgm.pipelines.precompile CALL_FILE")
+    precompile(torch.load(argv[0], weights_only=True))
+
+
+if __name__ == "__main__":
+    main()
