@@ -101,7 +101,7 @@ def unet_call(model, stage: int, plan: ExecutionPlan, dtype: torch.dtype):
     cond = {"concat": torch.randn(2 * frames, channels, latent, latent, device=device, generator=gen),
             "crossattn": torch.randn(2, 1, context, device=device, generator=gen),
             "vector": torch.randn(2, adm, device=device, generator=gen)}
-    denoise = model.denoiser_fn(frames, plan.split_guidance)
+    denoise = plan.denoiser(model, frames)
 
     def call():
         with torch.no_grad(), autocast_for(device, dtype):

@@ -65,6 +65,9 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16")
     parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
+    parser.add_argument("--devices", type=int, default=1, choices=(1, 2),
+                        help="GPUs per image: 2 runs the conditional half of every guided UNet call on the next GPU "
+                             "(--device cuda:0 -> cuda:1) at the same time as the unconditional half")
     parser.add_argument("--low_memory", action="store_true",
                         help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
     parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
@@ -78,7 +81,7 @@ def pipeline_options(args: argparse.Namespace, single_run: bool = False) -> dict
     """Keyword arguments of :class:`~sgm.pipelines.hi3d.Hi3DPipeline` from the shared flags; a process that
     runs each stage once (``single_run``) does not compile by default (:func:`~sgm.pipelines.compilation.for_single_run`)."""
     return dict(device=args.device, dtype=args.dtype, use_rembg=not args.no_rembg, low_memory=args.low_memory,
-                compile=for_single_run(args.compile) if single_run else args.compile)
+                compile=for_single_run(args.compile) if single_run else args.compile, devices=args.devices)
 
 
 def run_settings(args: argparse.Namespace) -> dict:

@@ -120,7 +120,7 @@ def test_the_pipeline_runs_eagerly_then_switches_to_the_compiled_unet_between_im
     image = compilation.PACKAGE_PARENT / "demo" / "object_a_elev10.png"
     pipe = Hi3DPipeline.from_configs(*DEMO_CONFIGS, device="cuda", use_rembg=False, compile="auto")
     eager = pipe(image, None, elevation_deg=10, stages=("orbit",), output_type="np").orbit.frames
-    compiling = pipe._compiling["orbit"]
+    (compiling,) = pipe._compiling["orbit"]
     assert compiling.started and not compiling.adopted
     assert compiling.wait(600) and compiling.child.returncode == 0
     compiled = pipe(image, None, elevation_deg=10, stages=("orbit",), output_type="np").orbit.frames

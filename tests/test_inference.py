@@ -251,6 +251,47 @@ def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
     torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-3)
 
 
+def test_two_devices_give_the_images_of_one(configs, pipe, rgba_image):
+    """devices=2: the conditional half of every guided call runs on a copy of the UNet (here a second
+    CPU thread), in both stages; the images are those of one device."""
+    from sgm.pipelines.sampling import refine_orbit
+
+    two = Hi3DPipeline.from_configs(*configs, device="cpu", devices=2)
+    calls = []
+    for stage in ("orbit", "refine"):
+        model = two.model(stage)
+        (replica,) = two.plan.replicate(model.model)
+        assert replica is not model.model
+        replica.diffusion_model.register_forward_hook(lambda *_, stage=stage: calls.append(stage))
+    one = pipe(rgba_image, None, elevation_deg=10.0, num_steps=STEPS, stages=("orbit",), output_type="np").orbit
+    both = two(rgba_image, None, elevation_deg=10.0, num_steps=STEPS, stages=("orbit",), output_type="np").orbit
+    assert calls.count("orbit") == STEPS  # every guided call used the copy
+    assert np.abs(both.frames - one.frames).max() <= 1 / 255  # at most one 8-bit level
+    # stage 2 on the same input frames (a pipeline run would refine each orbit after its lossy mp4 encoding)
+    frames = torch.from_numpy(one.frames).permute(0, 3, 1, 2) * 2 - 1
+    frames = torch.nn.functional.interpolate(frames, size=(SIZE2, SIZE2), mode="bilinear")
+    refined = [refine_orbit(two.model("refine"), frames, 10.0, torch.Generator().manual_seed(5), num_steps=STEPS,
+                            plan=plan) for plan in (pipe.plan, two.plan)]
+    assert calls.count("refine") == STEPS
+    torch.testing.assert_close(refined[1], refined[0], rtol=0, atol=1e-3)  # float32 reassociation only
+
+
+def test_devices_are_checked():
+    from sgm.pipelines.loading import ExecutionPlan
+    from sgm.pipelines.replicas import resolve_devices
+
+    cpu = torch.device("cpu")
+    assert resolve_devices(cpu, 2) == (cpu, cpu) and resolve_devices(cpu, 1) == (cpu,)
+    for count in (0, 3, True, 1.5):
+        with pytest.raises(UsageError, match="devices must be 1 or 2"):
+            resolve_devices(cpu, count)
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(UsageError, match="CUDA device"):
+            resolve_devices(torch.device("cuda"), 2)
+    with pytest.raises(UsageError, match="low-memory mode runs on one device"):
+        ExecutionPlan(cpu, low_memory=True, helpers=(cpu,))
+
+
 def test_mesh_stage_writes_glb_and_obj_from_refined_views(tmp_path):
     """The API's 3D stage on a synthetic orbit laid out as stage 2 writes it (views + masks)."""
     from sgm.recon.fit import FitConfig

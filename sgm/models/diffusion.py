@@ -307,15 +307,18 @@ class DiffusionEngine(pl.LightningModule):
         """Derive the conditioning inputs (e.g. condition frames) from the batch; identity here."""
         return batch
 
-    def denoiser_fn(self, num_frames: int, split_guidance: bool = False):
+    def denoiser_fn(self, num_frames: int, split_guidance: bool = False, network: nn.Module | None = None):
         """``denoiser(x, sigma, cond)`` over this engine's UNet, for the samplers.
 
         The UNet gets ``image_only_indicator`` None, i.e. zeros (every frame is a video frame).
         With ``split_guidance`` a guider-batched call ``[uc ; c]`` runs as two half-size calls
-        (same result, about half the activation memory).
+        (same result, about half the activation memory). ``network``: another copy of
+        ``self.model`` to call (a replica on another device); default ``self.model``.
         """
+        network = self.model if network is None else network
+
         def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-            return self.denoiser(self.model, x, sigma, cond, num_video_frames=num_frames)
+            return self.denoiser(network, x, sigma, cond, num_video_frames=num_frames)
         return in_two_halves(denoise) if split_guidance else denoise
 
     # ------------------------------------------------------------------ training
@@ -421,17 +424,20 @@ class DiffusionEngine(pl.LightningModule):
         num_frames: int,
         num_steps: int | None = None,
         callback=None,
-        split_guidance: bool = False,
+        denoiser=None,
         guider=None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Guided samples (B*T, C, h, w) from unit noise of the same shape.
 
-        ``callback``, ``guider`` and ``generator`` go to the sampler's call (see
+        ``denoiser``: the ``denoiser(x, sigma, cond)`` to sample with (default
+        :meth:`denoiser_fn` of ``num_frames``; an execution plan passes split or multi-device
+        ones). ``callback``, ``guider`` and ``generator`` go to the sampler's call (see
         :class:`~sgm.modules.diffusionmodules.sampling.EulerEDMSampler`).
         """
         if self.sampler is None:
             raise RuntimeError("this model was built without sampler_config: it cannot sample")
+        denoiser = self.denoiser_fn(num_frames) if denoiser is None else denoiser
         with self.half_weights_autocast(noise.device):
-            return self.sampler(self.denoiser_fn(num_frames, split_guidance), noise, cond, uc, num_steps=num_steps,
+            return self.sampler(denoiser, noise, cond, uc, num_steps=num_steps,
                                 generator=generator, callback=callback, guider=guider)

@@ -22,6 +22,7 @@ turn every size symbolic.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -88,10 +89,20 @@ def call_state(device_type: str) -> dict:
     """The state a compiled graph is specialised on beside its inputs: grad mode, autocast, and the
     precision settings of matrix products and cuDNN."""
     matmul = torch.backends.cuda.matmul
-    return {"grad": torch.is_grad_enabled(), "autocast": torch.is_autocast_enabled(device_type),
+    return {"device_type": device_type, "grad": torch.is_grad_enabled(),
+            "autocast": torch.is_autocast_enabled(device_type),
             "autocast_dtype": str(torch.get_autocast_dtype(device_type)).removeprefix("torch."),
             "matmul": {name: getattr(matmul, name) for name in MATMUL_SETTINGS if hasattr(matmul, name)},
             "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+
+
+@contextlib.contextmanager
+def entered(state: dict):
+    """Enter the grad mode and autocast of a :func:`call_state` (both are per thread)."""
+    autocast_dtype = getattr(torch, state["autocast_dtype"])
+    with torch.set_grad_enabled(state["grad"]), torch.autocast(state["device_type"], dtype=autocast_dtype,
+                                                               enabled=state["autocast"]):
+        yield
 
 
 def on_cpu(tensor: torch.Tensor) -> torch.Tensor:

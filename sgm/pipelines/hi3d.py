@@ -54,6 +54,7 @@ from .loading import (
     resolve_dtype,
 )
 from .outputs import OutputLayout
+from .replicas import resolve_devices
 from .records import check_stage1_outputs, image_sha256, read_stage1_record, write_stage1_record, write_stage2_record
 from .sampling import frame_guider, generate_orbit, refine_orbit, stage2_input_frames
 from .staging import StagedOutput
@@ -121,8 +122,11 @@ class Hi3DPipeline:
             phase, with half-size guided UNet calls and one-frame decoding (same outputs).
         compile: how each UNet is compiled with ``torch.compile`` (:mod:`~sgm.pipelines.compilation`):
             "auto" ("background" on CUDA unless ``low_memory``, else "off"), "background" (eager
-            until a thread has compiled it, compiled from the next run on: no wait), "on" (the first
-            call waits about 2 minutes for the compilation on a new machine) or "off".
+            until a child process has compiled it, compiled from the next run on: no wait), "on" (the
+            first call waits about 2 minutes for the compilation on a new machine) or "off".
+        devices: 1, or 2 to run the conditional half of every guided UNet call on the next device
+            (``device`` cuda:0 -> cuda:1) while ``device`` runs the unconditional half
+            (:mod:`~sgm.pipelines.replicas`); not with ``low_memory``.
 
     Models are built on first use and kept for later calls.
     """
@@ -136,15 +140,16 @@ class Hi3DPipeline:
         use_rembg: bool = True,
         low_memory: bool = False,
         compile: str | bool = "auto",
+        devices: int = 1,
     ):
         self.specs = {"orbit": stage1, "refine": stage2}
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.use_rembg = use_rembg
-        self.plan = ExecutionPlan(self.device, low_memory)
+        self.plan = ExecutionPlan(self.device, low_memory, helpers=resolve_devices(self.device, devices)[1:])
         self.compile = resolve_compile(compile, self.device, low_memory)
         self._models: dict[str, torch.nn.Module] = {}
-        self._compiling: dict[str, BackgroundCompile | None] = {}
+        self._compiling: dict[str, list[BackgroundCompile]] = {}
         self._weights: dict[str, dict] = {}  # per stage: the config and checkpoint its model came from
 
     @classmethod
@@ -214,12 +219,13 @@ class Hi3DPipeline:
             named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
             self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
             network_config = model_node(load_config(spec.config))["params"]["network_config"]
-            self._compiling[stage] = compile_unet(model.model.diffusion_model, self.compile, f"stage {stage!r}",
-                                                  network_config)
+            networks = [model.model, *self.plan.replicate(model.model)]  # copied before any compilation
+            compiling = [compile_unet(network.diffusion_model, self.compile, f"stage {stage!r}", network_config)
+                         for network in networks]
+            self._compiling[stage] = [job for job in compiling if job is not None]
             self._models[stage] = model
-        compiling = self._compiling[stage]
-        if compiling is not None:
-            compiling.adopt()  # between runs: a run's UNet calls all take one path
+        for job in self._compiling[stage]:
+            job.adopt()  # between runs: a run's UNet calls all take one path
         return self._models[stage]
 
     def is_untrained(self, stage: str) -> bool:

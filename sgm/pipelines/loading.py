@@ -6,7 +6,9 @@ package names ``cuda``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from ..checkpoint import load_into, read_state_dict
 from ..common.errors import CheckpointError, UsageError
 from ..config import build_model, load_config
 from ..hub import KNOWN_FILES, is_hub_reference, local_path
+from ..modules.diffusionmodules.sampling import DenoiserFn
+from .replicas import ParallelHalves
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +165,39 @@ class ExecutionPlan:
     and each part (encoders, UNet, autoencoder) visits ``device`` only for its phase; the
     guided UNet call runs as two half-size calls and the autoencoder decodes one frame at a
     time. Outputs are the same; peak memory is that of the largest part plus its activations.
+    ``helpers``: further devices, each holding a copy of the UNet (:meth:`replicate`); with one,
+    the conditional half of every guided UNet call runs there while ``device`` runs the
+    unconditional half (:mod:`~sgm.pipelines.replicas`).
     """
 
-    def __init__(self, device: torch.device, low_memory: bool = False):
+    def __init__(self, device: torch.device, low_memory: bool = False, helpers: tuple[torch.device, ...] = ()):
+        if low_memory and helpers:
+            raise UsageError("low-memory mode runs on one device: choose it or several devices, not both")
         self.device = device
         self.low_memory = low_memory
-
-    @property
-    def split_guidance(self) -> bool:
-        return self.low_memory
+        self.helpers = tuple(helpers)
+        self._replicas: dict[int, torch.nn.Module] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hi3d-helper") if helpers else None
 
     @property
     def decode_chunk(self) -> int | None:
         return 1 if self.low_memory else None
+
+    def replicate(self, network: torch.nn.Module) -> list[torch.nn.Module]:
+        """Copies of ``network`` (a stage model's ``model``, the wrapped UNet) on the helper devices,
+        made once; copy them before compiling ``network``."""
+        if self.helpers and id(network) not in self._replicas:
+            self._replicas[id(network)] = copy.deepcopy(network).to(self.helpers[0])
+        return [self._replicas[id(network)]] if self.helpers else []
+
+    def denoiser(self, model, num_frames: int) -> DenoiserFn:
+        """The ``denoiser(x, sigma, cond)`` that a stage's sampler calls: split in two half-size
+        calls in low-memory mode, its halves on two devices with a helper, else one call."""
+        if self.helpers:
+            (replica,) = self.replicate(model.model)
+            return ParallelHalves(model.denoiser_fn(num_frames), model.denoiser_fn(num_frames, network=replica),
+                                  self.helpers[0], self._pool)
+        return model.denoiser_fn(num_frames, split_guidance=self.low_memory)
 
     @contextlib.contextmanager
     def phase(self, *modules: torch.nn.Module):

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from ..util import instantiate_from_config
-from .compilation import COMPILE_OPTIONS, map_tensors
+from .compilation import COMPILE_OPTIONS, entered, map_tensors
 
 
 def precompile(call: dict) -> None:
@@ -35,8 +35,7 @@ def precompile(call: dict) -> None:
     network.requires_grad_(call["requires_grad"])
     network.compile(**COMPILE_OPTIONS)
     args, kwargs = (map_tensors(call[key], lambda tensor: tensor.to(device)) for key in ("args", "kwargs"))
-    with torch.set_grad_enabled(state["grad"]), torch.autocast(device.type, dtype=getattr(torch, state["autocast_dtype"]),
-                                                               enabled=state["autocast"]):
+    with entered(state):
         network(*args, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -92,7 +92,7 @@ def generate_orbit(
         noise = torch.randn(latent_shape(model, frames, height, width), generator=generator, device=device)
         with plan.phase(model.model):
             latents = model.sample(cond, uncond, noise, frames, num_steps=num_steps, callback=progress_of(callback),
-                                   split_guidance=plan.split_guidance, guider=guider, generator=generator)
+                                   denoiser=plan.denoiser(model, frames), guider=guider, generator=generator)
     with plan.phase(model.first_stage_model):
         return model.decode_first_stage(latents, plan.decode_chunk).float()
 
@@ -151,7 +151,7 @@ def refine_orbit(
         with plan.phase(model.conditioner):
             cond, uncond = _conditioning(model, batch, generator)
         with plan.phase(model.model):
-            latents = refine_latents(model.sampler, model.denoiser_fn(num_frames, plan.split_guidance), noise,
+            latents = refine_latents(model.sampler, plan.denoiser(model, num_frames), noise,
                                      z_input, cond, uncond, num_steps=num_steps, alpha_power=alpha_power,
                                      generator=generator, callback=progress_of(callback), guider=guider)
     with plan.phase(model.first_stage_model):

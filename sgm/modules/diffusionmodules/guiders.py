@@ -32,18 +32,21 @@ def batch_uncond_cond(
     return torch.cat([x, x]), torch.cat([sigma, sigma]), merged
 
 
-def in_two_halves(denoiser):
-    """Wrap ``denoiser(x, sigma, cond)`` so a ``[uc ; c]`` batch runs as two half-size calls.
+def guidance_halves(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """Split a ``[uc ; c]`` batch into its two halves: (x, sigma, cond) of each.
 
-    x, sigma and the guided keys of ``cond`` are split in halves along dim 0; the other keys
-    are passed to both calls. Same outputs as one call, about half the peak activation memory.
+    x, sigma and the guided keys of ``cond`` are split along dim 0; the other keys go to both.
+    """
+    return [(x.chunk(2)[half], sigma.chunk(2)[half],
+             {k: v.chunk(2)[half] if k in GUIDED_KEYS else v for k, v in cond.items()}) for half in range(2)]
+
+
+def in_two_halves(denoiser):
+    """Wrap ``denoiser(x, sigma, cond)`` so a ``[uc ; c]`` batch runs as two half-size calls
+    (:func:`guidance_halves`). Same outputs as one call, about half the peak activation memory.
     """
     def call(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        outputs = []
-        for half in range(2):
-            part = {k: v.chunk(2)[half] if k in GUIDED_KEYS else v for k, v in cond.items()}
-            outputs.append(denoiser(x.chunk(2)[half], sigma.chunk(2)[half], part))
-        return torch.cat(outputs)
+        return torch.cat([denoiser(*half) for half in guidance_halves(x, sigma, cond)])
     return call
 
 
