@@ -28,7 +28,7 @@ def measure(stage: int, mode: str, seconds: float, compiled_images: int, json_pa
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
-    model = build(stage, device, torch.float16, "eager")
+    model = build(stage, device, torch.float16)
     network_config = model_node(load_config(CONFIGS[stage]))["params"]["network_config"]
     compiling = compile_unet(model.model.diffusion_model, mode, f"stage {stage}", network_config)
     report({"stage": stage, "mode": mode, "build_s": time.perf_counter() - start}, json_path)

@@ -28,24 +28,24 @@ from report import redraw_zero_parameters, report, require_cuda
 from sgm.config import build_model, load_config
 from sgm.pipelines.compilation import COMPILE_OPTIONS
 from sgm.pipelines.loading import DTYPES, ExecutionPlan, autocast_for
+from sgm.pipelines.replicas import resolve_devices
 from sgm.pipelines.sampling import generate_orbit, refine_orbit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {1: ROOT / "configs" / "inference-v01.yaml", 2: ROOT / "configs" / "inference-v02.yaml"}
 
 
-def build(stage: int, device: torch.device, dtype: torch.dtype, mode: str):
-    """Full-size model with random weights (built on the GPU for speed), in ``dtype``."""
+def build(stage: int, device: torch.device, dtype: torch.dtype, low_memory: bool = False):
+    """Full-size model with random weights (built on the GPU for speed), in ``dtype``; on the CPU for
+    ``low_memory`` (its parts visit the GPU phase by phase)."""
     torch.manual_seed(0)
     with torch.device(device):
         model = build_model(load_config(CONFIGS[stage]), random_pretrained_encoders=True)
     redraw_zero_parameters(model.model)
     model = model.to(dtype=dtype).eval()
-    if mode == "low_memory":
+    if low_memory:
         model = model.to("cpu")
         torch.cuda.empty_cache()
-    if mode == "compile":
-        model.model.diffusion_model.compile(**COMPILE_OPTIONS)
     return model
 
 
@@ -109,21 +109,24 @@ def unet_call(model, stage: int, plan: ExecutionPlan, dtype: torch.dtype):
     return call
 
 
-def measure(stage: int, mode: str, dtype_name: str, steps: int, repeats: int) -> dict:
+def measure(stage: int, mode: str, dtype_name: str, steps: int, repeats: int, devices: int = 1) -> dict:
     device = torch.device("cuda")
     dtype = DTYPES[dtype_name]
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     build_start = time.perf_counter()
-    model = build(stage, device, dtype, mode)
+    model = build(stage, device, dtype, low_memory=mode == "low_memory")
     build_s = time.perf_counter() - build_start
-    plan = ExecutionPlan(device, low_memory=mode == "low_memory")
+    plan = ExecutionPlan(device, low_memory=mode == "low_memory", helpers=resolve_devices(device, devices)[1:])
+    for network in [model.model, *plan.replicate(model.model)]:  # copies first: a copy is never compiled
+        if mode == "compile":
+            network.diffusion_model.compile(**COMPILE_OPTIONS)
     warm, _ = run_stage(model, stage, plan, steps=2, seed=1)  # warm-up: kernels, compilation, allocator
     torch.cuda.reset_peak_memory_stats()
     timings, frames = run_stage(model, stage, plan, steps=steps)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    result = {"stage": stage, "mode": mode, "dtype": dtype_name, "steps": steps, "build_s": build_s,
+    result = {"stage": stage, "mode": mode, "devices": devices, "dtype": dtype_name, "steps": steps, "build_s": build_s,
               "warmup_total_s": warm["total_s"], "run_total_s": timings["total_s"], "peak_gib": peak}
     if mode == "compile":  # the same run on the eager path: how far the compiled frames are from it
         with torch.compiler.set_stance("force_eager"):
@@ -155,10 +158,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=5, help="timed UNet calls (median)")
+    parser.add_argument("--devices", type=int, default=1, choices=(1, 2),
+                        help="2: the conditional half of each guided call on the next GPU (Hi3DPipeline(devices=2))")
     parser.add_argument("--json", type=Path, default=None, help="append the result as one JSON line")
     args = parser.parse_args()
     require_cuda()
-    report(measure(args.stage, args.mode, args.dtype, args.steps, args.repeats), args.json)
+    report(measure(args.stage, args.mode, args.dtype, args.steps, args.repeats, args.devices), args.json)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,24 @@ mesh (--mesh).
 A folder or a glob runs every image it names with one model load, each into OUT/<file name without
 suffix>/ (the same --elevation for all). An image that fails (unreadable, an existing result
 without --overwrite, ...) is reported and the others still run; the command then exits with code 2.
+
+With --devices 2, one image runs the two halves of every guided UNet call on two GPUs at once; a
+folder or glob is spread over the GPUs instead: one process per GPU, each running every second image
+(--shard K/N, set by the command itself, runs only images K, K+N, ...).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 from sgm.cli import DEMO_NOTICE, UNTRAINED_NOTICE, add_sampling_args, pipeline_options, run_main
+from sgm.common.devices import resolve_device
 from sgm.common.errors import USER_ERRORS, UsageError
 from sgm.pipelines.batch import batch_inputs, output_folders
 from sgm.pipelines.hi3d import DEMO_CONFIGS, PRETRAINED, Hi3DPipeline
+from sgm.pipelines.replicas import resolve_devices
 from sgm.recon.fit import FitConfig
 from sgm.recon.reconstruct import ReconstructConfig
 from sgm.recon.simplify import MIN_FACES
@@ -42,11 +49,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mesh_iterations", type=int, default=3000, help="Gaussian-fit steps (use a few hundred on a CPU)")
     parser.add_argument("--faces", type=int, default=ReconstructConfig.max_faces,
                         help="face budget of the textured mesh (simplified to about this many; 0 = no limit)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only images K, K+N, K+2N, ... of a folder or glob (0 <= K < N); --devices 2 with a "
+                             "folder starts one process per GPU with it")
     add_sampling_args(parser, image_help="input image (RGBA, or RGB: background removed with rembg if installed), "
                                          "or a folder or quoted glob pattern of images (one output folder each)")
     args = parser.parse_args(argv)
     if args.faces < 0 or 0 < args.faces < MIN_FACES:
         parser.error(f"--faces must be 0 (no limit) or at least {MIN_FACES}, got {args.faces}")
+    if args.shard is not None:
+        index, _, count = args.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            parser.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
+        args.shard = (int(index), int(count))
     return args
 
 
@@ -69,15 +84,16 @@ def report(result) -> None:
         print(f"3D: {result.mesh.mesh_glb}  ({result.mesh.scene_ply}, {result.mesh.mesh_obj})")
 
 
-def run_batch(run, images: list[Path], root: Path) -> None:
-    """``run(image, folder)`` for every image; a user error stops only its own image.
+def run_batch(run, images: list[Path], folders: list[Path], root: Path, label: str = "") -> None:
+    """``run(image, folder)`` for every image and its folder; a user error stops only its own image.
+    ``label`` starts each progress line (a shard's device).
 
     Raises:
         UsageError: naming the images that failed, once all have been tried.
     """
     failed = []
-    for index, (image, folder) in enumerate(zip(images, output_folders(images, root)), 1):
-        print(f"[{index}/{len(images)}] {image} -> {folder}", flush=True)
+    for index, (image, folder) in enumerate(zip(images, folders), 1):
+        print(f"{label}[{index}/{len(images)}] {image} -> {folder}", flush=True)
         try:
             report(run(image, folder))
         except USER_ERRORS as err:
@@ -88,9 +104,38 @@ def run_batch(run, images: list[Path], root: Path) -> None:
                          f"others are in {root.resolve()}")
 
 
+def spread_over_devices(argv: list[str], args: argparse.Namespace) -> None:
+    """Run this command once per device of ``--devices``, each on its own shard of the batch, at the same time.
+
+    Raises:
+        UsageError: naming the shards (devices) whose process failed, once all have ended.
+    """
+    devices = resolve_devices(resolve_device(args.device), args.devices)
+    print(f"spreading the images over {', '.join(map(str, devices))}: one process each", flush=True)
+    workers = [subprocess.Popen([sys.executable, __file__, *argv, "--device", str(device), "--devices", "1",
+                                 "--shard", f"{index}/{len(devices)}"]) for index, device in enumerate(devices)]
+    failed = [f"{index}/{len(devices)} on {devices[index]} (exit code {code})"
+              for index, code in enumerate(worker.wait() for worker in workers) if code != 0]
+    if failed:
+        raise UsageError(f"the processes of shards {', '.join(failed)} failed; their messages are above")
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     images = batch_inputs(args.image_path)  # checked before any model is built
+    if images is not None and args.devices > 1:
+        spread_over_devices(argv, args)
+        print(f"all outputs are in {Path(args.output_dir).resolve()}")
+        return
+    folders = None if images is None else output_folders(images, Path(args.output_dir))
+    if args.shard is not None:
+        if images is None:
+            raise UsageError("--shard needs a folder or glob of images as --image_path")
+        index, count = args.shard
+        images, folders = images[index::count], folders[index::count]
+        if not images:
+            return
     pipe = build_pipeline(args, single_run=images is None or len(images) == 1)
     if pipe.is_untrained("orbit") or pipe.is_untrained("refine"):
         print(UNTRAINED_NOTICE)
@@ -107,8 +152,11 @@ def main(argv=None) -> None:
 
     if images is None:
         report(run(args.image_path, args.output_dir))
+    elif args.shard is not None:  # one of several processes: the one that started them prints the end
+        run_batch(run, images, folders, Path(args.output_dir), label=f"[{args.device} {args.shard[0]}/{args.shard[1]}] ")
+        return
     else:
-        run_batch(run, images, Path(args.output_dir))
+        run_batch(run, images, folders, Path(args.output_dir))
     print(f"all outputs are in {Path(args.output_dir).resolve()}")
 
 

@@ -63,3 +63,32 @@ def test_help_examples_name_demo_files_that_exist(script):
     named = re.findall(r"demo/[\w.*?-]+", text)
     for name in named:
         assert glob.glob(str(ROOT / name)), f"{script} names {name}, which does not exist"
+
+
+def test_two_devices_spread_a_batch_over_two_processes_with_the_images_of_one(tmp_path):
+    """--devices 2 on a folder: one process per device (here two CPU processes), every image once, in
+    its own folder, with the pixels a one-process run gives; a bad image fails its shard only."""
+    configs = [untrained_config(trained, tmp_path)[0] for trained in small_demo_configs(tmp_path)]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(ROOT / "demo" / "object_a_elev10.png", inputs / "a.png")
+    (inputs / "b.png").write_text("not an image")
+    shutil.copy(ROOT / "demo" / "object_c_elev0.png", inputs / "c.png")
+    runs = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"out{devices}"
+        command = [sys.executable, "scripts/run_hi3d.py", "--stage1_config", str(configs[0]), "--stage2_config",
+                   str(configs[1]), "--image_path", str(inputs), "--output_dir", str(out), "--num_steps", "1",
+                   "--device", "cpu", "--devices", devices]
+        runs[devices] = subprocess.run(command, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                                       capture_output=True, text=True, timeout=900)
+    spread = runs["2"]
+    assert spread.returncode == 2 and "Traceback" not in spread.stderr, spread.stderr
+    # a and c went to shard 0 (images 0 and 2), the bad b to shard 1, which alone failed
+    assert "1 of 2 images failed (a.png" not in spread.stderr and "1 of 1 images failed (b.png)" in spread.stderr
+    assert "shards 1/2 on cpu (exit code 2)" in spread.stderr
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["a", "c"]
+    for name in ("a", "c"):
+        views = sorted((tmp_path / "out1" / name / "second_step_video" / "views").iterdir())
+        assert views and all(view.read_bytes() == (tmp_path / "out2" / view.relative_to(tmp_path / "out1")).read_bytes()
+                             for view in views)
