@@ -9,6 +9,8 @@ embedding by design; the float32 reference does not round.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -59,14 +61,15 @@ def test_full_size_sampling_smoke(stage):
 
 
 TINY_V01 = ROOT / "configs" / "tiny-train-v01.yaml"
+TINY_V02 = ROOT / "configs" / "tiny-train-v02.yaml"
 
 
-def tiny_graphed_stage1(*overrides: str):
-    """The tiny stage-1 training model on the GPU with ``cuda_graph_training`` and no all-zero
-    UNet parameters."""
+def tiny_graphed_stage1(*overrides: str, config_path: Path = TINY_V01):
+    """The tiny stage-1 (or ``config_path``'s) training model on the GPU with ``cuda_graph_training``
+    and no all-zero UNet parameters."""
     from sgm.config import build_model, load_config
 
-    config = load_config(TINY_V01, ["model.params.cuda_graph_training=true", *overrides])
+    config = load_config(config_path, ["model.params.cuda_graph_training=true", *overrides])
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = build_model(config).train()
@@ -112,6 +115,20 @@ def test_graphed_training_loss_gives_the_eager_loss_and_gradients(use_checkpoint
     with pytest.raises(RuntimeError, match="moved or replaced since its capture"):
         model.training_loss(batch)
     del old_storage
+
+
+def test_graphed_stage2_training_loss_gives_the_eager_loss_with_the_degradation_outside_the_graph():
+    model = tiny_graphed_stage1(config_path=TINY_V02)
+    assert model.degradation is not None
+    batch = orbit_batch(model)
+    model.training_loss(batch).backward()  # captures, then replays
+    assert model._graphed_loss.captured
+    model.zero_grad(set_to_none=True)
+    losses = []
+    for loss_fn in (model.training_loss, model.shared_step):
+        torch.manual_seed(7)  # the same degradation and the same noise
+        losses.append(loss_fn(batch).detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
 
 
 def test_cuda_graph_training_fits_under_lightning():

@@ -226,12 +226,18 @@ def test_cuda_graph_training_refuses_setups_it_cannot_replay(orbit_folder: Path,
     assert trainer.global_step == 0
 
 
-def test_cuda_graph_training_refuses_the_host_side_stage2_degradation(orbit_folder: Path):
-    config = tiny_config(TINY_V02, orbit_folder, "model.params.cuda_graph_training=true")
-    model = build_model(config)
+def test_the_training_loss_is_the_prepared_batch_loss(orbit_folder: Path):
+    """shared_step = add_custom_cond (where the stage-2 degradation runs), then prepared_loss (what
+    cuda_graph_training captures): same draws, same loss."""
+    config = tiny_config(TINY_V02, orbit_folder)
+    model = build_model(config).train()
     assert model.degradation is not None
-    with pytest.raises(ConfigError, match="stage-2 degradation makes its choices .* on the host"):
-        model.training_loss(first_batch(config))
+    batch = first_batch(config)
+    torch.manual_seed(3)
+    whole = model.shared_step(batch)
+    torch.manual_seed(3)
+    parts = model.prepared_loss(model.add_custom_cond(batch, infer=False))
+    assert torch.equal(whole, parts)
 
 
 def test_training_step_phases_are_labelled_for_the_profiler(orbit_folder: Path):

@@ -226,19 +226,9 @@ class DiffusionEngine(pl.LightningModule):
         # dropping it also frees the graphs' memory. A later fit captures anew.
         self._graphed_loss = None
 
-    def cuda_graph_blocker(self) -> str | None:
-        """Why this engine's training loss cannot be replayed from a CUDA graph (None: it can)."""
-        return None
-
-    def _require_graphable_loss(self) -> None:
-        blocker = self.cuda_graph_blocker()
-        if blocker is not None:
-            raise ConfigError(f"{CUDA_GRAPH_KEY}=true cannot be used: {blocker}")
-
     def _check_cuda_graph_training(self) -> None:
         """Raise ``ConfigError`` if the model or the trainer's setup cannot replay a captured step."""
         trainer = self.trainer
-        self._require_graphable_loss()
         if trainer.world_size != 1 or not isinstance(trainer.strategy, SingleDeviceStrategy):
             raise ConfigError(f"{CUDA_GRAPH_KEY}=true supports one device with the single-device strategy; "
                               f"the trainer uses {type(trainer.strategy).__name__} over {trainer.world_size} "
@@ -323,11 +313,18 @@ class DiffusionEngine(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def shared_step(self, batch: dict) -> torch.Tensor:
-        if self.loss_fn is None:
-            raise RuntimeError("this model was built without loss_fn_config: it cannot be trained")
+        """The training loss of a raw batch: :meth:`add_custom_cond`, then :meth:`prepared_loss`."""
         # the labels (SHARED_STEP_PHASES) name the phases in torch.profiler traces
         with record_function("add_custom_cond"):
             batch = self.add_custom_cond(batch, infer=False)
+        return self.prepared_loss(batch)
+
+    def prepared_loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of a batch that :meth:`add_custom_cond` has prepared: encoding,
+        conditioning and the UNet's loss. Its shapes do not depend on the batch's values and it
+        makes no host synchronisation: the part that ``cuda_graph_training`` captures."""
+        if self.loss_fn is None:
+            raise RuntimeError("this model was built without loss_fn_config: it cannot be trained")
         with record_function("encode_first_stage"):
             # float32 latents: the loss math does not depend on the VAE's dtype
             x0 = self.encode_first_stage(video_to_frames(batch[self.input_key])).float()
@@ -337,14 +334,17 @@ class DiffusionEngine(pl.LightningModule):
             return self.loss_fn(self.model, self.denoiser, cond, x0, batch).mean()
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        """The loss of a training step: :meth:`shared_step`, replayed from CUDA graphs with
-        ``cuda_graph_training`` (captured at the first call)."""
+        """The loss of a training step: :meth:`shared_step`; with ``cuda_graph_training``,
+        :meth:`add_custom_cond` runs eagerly (the stage-2 degradation chooses its blurs, resizes and
+        noises on the host for every batch) and :meth:`prepared_loss` is replayed from CUDA graphs
+        captured at the first call."""
         if not self.cuda_graph_training:
             return self.shared_step(batch)
         if self._graphed_loss is None:
-            self._require_graphable_loss()
-            self._graphed_loss = GraphedLoss(self, self.shared_step)
-        return self._graphed_loss(batch)
+            self._graphed_loss = GraphedLoss(self, self.prepared_loss)
+        with record_function("add_custom_cond"):
+            prepared = self.add_custom_cond(batch, infer=False)
+        return self._graphed_loss(prepared)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)

@@ -129,12 +129,6 @@ class Stage2VideoLDM(Hi3DVideoLDM):
         super().__init__(*args, **kwargs)
         self.degradation = instantiate_from_config(degradation_config) if degradation_config is not None else None
 
-    def cuda_graph_blocker(self) -> str | None:
-        if self.degradation is not None:
-            return ("the stage-2 degradation makes its choices (blur kinds, resize modes, noise kinds) on the host "
-                    "for every batch, and a CUDA graph would replay the first batch's choices")
-        return None
-
     def condition_frames(self, batch: dict, infer: bool, generator: torch.Generator | None) -> torch.Tensor:
         if infer or self.degradation is None:
             return video_to_frames(batch["video"])
