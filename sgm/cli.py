@@ -67,12 +67,13 @@ def add_execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_rembg", action="store_true", help="never run rembg on RGB inputs")
     parser.add_argument("--devices", type=int, default=1, choices=(1, 2),
                         help="GPUs per image: 2 runs the conditional half of every guided UNet call on the next GPU "
-                             "(--device cuda:0 -> cuda:1) at the same time as the unconditional half")
+                             "(--device cuda:0 -> cuda:1) at the same time as the unconditional half; run_hi3d.py "
+                             "spreads a folder of images over the GPUs instead")
     parser.add_argument("--low_memory", action="store_true",
                         help="keep models on the CPU, move each part to the GPU only for its phase (same outputs)")
     parser.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
                         help="torch.compile the UNets: auto (default: background on CUDA unless --low_memory and "
-                             "several images are run; off for one image), background (eager until a thread has "
+                             "several images are run; off for one image), background (eager until a child process has "
                              "compiled the UNet, compiled from the next image on), on (the first call waits about 2 "
                              "minutes per stage on a new machine), off")
 

@@ -125,7 +125,8 @@ class BackgroundCompile:
     The child needs GPU memory of its own (the network and one call's activations): it is started only
     when the device has at least :data:`CHILD_MEMORY_MARGIN` free beyond what this process holds. A
     failed child leaves the module eager, with one warning naming its log. The child is ended with
-    this process.
+    this process. A UNet whose convolutions the GPU self-check rerouted (strict fp32 on a cuDNN with
+    wrong kernels) is not the child's network: :meth:`adopt` then compiles it anew, as ``"on"`` would.
     """
 
     def __init__(self, module: nn.Module, name: str, network_config: dict):
