@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,9 @@ def test_a_failed_child_leaves_the_module_eager_with_one_warning(fresh_compile_c
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "stays eager" in warnings[0] and "log.txt" in warnings[0]
     assert "NoSuchLayer" in (compiling.folder / "log.txt").read_text()
+    assert sorted(p.name for p in compiling.folder.iterdir()) == ["log.txt"]  # the inputs are gone
     assert module._compiled_call_impl is None
+    shutil.rmtree(compiling.folder)
 
 
 def test_children_still_running_are_ended_with_the_process(tmp_path):

@@ -194,6 +194,7 @@ class BackgroundCompile:
         self._settled = True
         _children.pop(self.child, None)
         if self.child.returncode != 0:
+            (self.folder / "call.pt").unlink(missing_ok=True)  # the inputs; the log stays for the warning
             log.warning("%s: compiling the UNet in the background failed (exit code %s, log: %s); it stays eager",
                         self.name, self.child.returncode, self.folder / "log.txt")
             return False
