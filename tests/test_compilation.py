@@ -130,3 +130,24 @@ def test_the_pipeline_runs_eagerly_then_switches_to_the_compiled_unet_between_im
     assert compiling.adopted
     difference = abs(compiled - eager)  # pixels / 255
     assert difference.max() <= 0.03 and difference.mean() <= 0.002  # fp16 reassociation and the uint8 rounding
+
+
+def test_a_worker_thread_enters_the_callers_grad_mode_and_autocast():
+    import threading
+
+    from sgm.pipelines.call_state import call_state, entered
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = call_state("cpu")
+    seen = {}
+
+    def worker():
+        seen["bare"] = (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))
+        with entered(state):
+            seen["entered"] = (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["bare"] == (True, False)  # a new thread starts from the defaults
+    assert seen["entered"] == (False, True, torch.bfloat16)

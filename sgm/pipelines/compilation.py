@@ -22,19 +22,17 @@ turn every size symbolic.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
-
 import torch
 import torch.nn as nn
 
 from ..common.errors import UsageError
+from .call_state import call_state, map_tensors
 
 log = logging.getLogger(__name__)
 
@@ -70,41 +68,6 @@ def for_single_run(choice: str | bool) -> str | bool:
     return "off" if choice == "auto" else choice
 
 
-def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor in it (also inside tuples, lists and dicts)."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(item, fn) for item in value)
-    if isinstance(value, dict):
-        return {key: map_tensors(item, fn) for key, item in value.items()}
-    return value
-
-
-# Precision settings of matrix products that torch's compiled-graph cache is keyed on.
-MATMUL_SETTINGS = ("fp32_precision", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")
-
-
-def call_state(device_type: str) -> dict:
-    """The state a compiled graph is specialised on beside its inputs: grad mode, autocast, and the
-    precision settings of matrix products and cuDNN."""
-    matmul = torch.backends.cuda.matmul
-    return {"device_type": device_type, "grad": torch.is_grad_enabled(),
-            "autocast": torch.is_autocast_enabled(device_type),
-            "autocast_dtype": str(torch.get_autocast_dtype(device_type)).removeprefix("torch."),
-            "matmul": {name: getattr(matmul, name) for name in MATMUL_SETTINGS if hasattr(matmul, name)},
-            "cudnn_tf32": torch.backends.cudnn.allow_tf32}
-
-
-@contextlib.contextmanager
-def entered(state: dict):
-    """Enter the grad mode and autocast of a :func:`call_state` (both are per thread)."""
-    autocast_dtype = getattr(torch, state["autocast_dtype"])
-    with torch.set_grad_enabled(state["grad"]), torch.autocast(state["device_type"], dtype=autocast_dtype,
-                                                               enabled=state["autocast"]):
-        yield
-
-
 def on_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu()
 
@@ -120,7 +83,7 @@ class BackgroundCompile:
     compiling holds Python's lock for most of two minutes and would stall the eager run (measured:
     the first image 23x slower). When the child has finished, :meth:`adopt` compiles ``module`` in
     place; its next call loads the compiled graphs and kernels from the caches instead of compiling them
-(in a process that finds them there, the whole compilation took 19 s instead of 116 s on an H100).
+    (in a process that finds them there, the whole compilation took 19 s instead of 116 s on an H100).
 
     The child needs GPU memory of its own (the network and one call's activations): it is started only
     when the device has at least :data:`CHILD_MEMORY_MARGIN` free beyond what this process holds. A

@@ -15,20 +15,15 @@ import sys
 import torch
 
 from ..util import instantiate_from_config
-from .compilation import COMPILE_OPTIONS, entered, map_tensors
+from .call_state import entered, map_tensors, set_precision
+from .compilation import COMPILE_OPTIONS
 
 
 def precompile(call: dict) -> None:
     """Build, compile and call the network of ``call`` once (see the module docstring)."""
     device = torch.device(call["device"])
     state = call["state"]
-    # Set only where the parent's differ: setting a flag to the value it has can still change the
-    # precision state that torch's compiled-graph cache is keyed on.
-    for name, value in state["matmul"].items():
-        if getattr(torch.backends.cuda.matmul, name) != value:
-            setattr(torch.backends.cuda.matmul, name, value)
-    if torch.backends.cudnn.allow_tf32 != state["cudnn_tf32"]:
-        torch.backends.cudnn.allow_tf32 = state["cudnn_tf32"]
+    set_precision(state)
     with torch.device("meta"):
         network = instantiate_from_config(call["network_config"])
     network = network.to_empty(device=device).to(getattr(torch, call["dtype"])).train(call["training"])

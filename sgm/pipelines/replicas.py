@@ -16,7 +16,7 @@ import torch
 from ..common.errors import UsageError
 from ..modules.diffusionmodules.guiders import guidance_halves
 from ..modules.diffusionmodules.sampling import DenoiserFn
-from .compilation import call_state, entered, map_tensors
+from .call_state import call_state, entered, map_tensors
 
 MAX_DEVICES = 2  # the two halves of a guided call
 
