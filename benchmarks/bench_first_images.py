@@ -7,7 +7,7 @@ Each image is one whole stage run (conditioning, 25 steps, decoding) on the same
 seed, so every image's frames are compared with the first image's. ``--mode`` is a pipeline compile
 mode (:mod:`sgm.pipelines.compilation`): ``background`` (the default on CUDA), ``on`` or ``off``.
 Run it with an empty ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` to see a machine that has never
-run the project. One JSON line per image (and a summary line) goes to ``--json``.
+run the project. One JSON line per image (after one with the model's build time) goes to ``--json``.
 """
 from __future__ import annotations
 

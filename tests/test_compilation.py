@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 
 from sgm.pipelines import compilation
 from sgm.pipelines.compilation import BackgroundCompile
+from sgm.pipelines.loading import PROJECT_ROOT
 from sgm.util import instantiate_from_config
 
 CONV = {"target": "torch.nn.Conv2d", "params": {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": 1}}
@@ -106,7 +107,7 @@ def test_a_process_that_exits_while_its_child_compiles_ends_it_cleanly(fresh_com
     script = tmp_path / "exits.py"
     script.write_text(EXITS_DURING_COMPILATION.format(node=CONV))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          cwd=compilation.PACKAGE_PARENT)
+                          cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     pid, folder = done.stdout.split()
@@ -120,7 +121,7 @@ def test_a_process_that_exits_while_its_child_compiles_ends_it_cleanly(fresh_com
 def test_the_pipeline_runs_eagerly_then_switches_to_the_compiled_unet_between_images_on_the_gpu():
     from sgm.pipelines.hi3d import DEMO_CONFIGS, Hi3DPipeline
 
-    image = compilation.PACKAGE_PARENT / "demo" / "object_a_elev10.png"
+    image = PROJECT_ROOT / "demo" / "object_a_elev10.png"
     pipe = Hi3DPipeline.from_configs(*DEMO_CONFIGS, device="cuda", use_rembg=False, compile="auto")
     eager = pipe(image, None, elevation_deg=10, stages=("orbit",), output_type="np").orbit.frames
     (compiling,) = pipe._compiling["orbit"]

@@ -28,11 +28,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 
 from ..common.errors import UsageError
 from .call_state import call_state, map_tensors
+from .loading import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ COMPILE_OPTIONS = {"dynamic": False}
 # child's network and one call's activations (the stage-2 UNet at 1024 px: about 14 GiB) and this
 # process's own activations, still to come.
 CHILD_MEMORY_MARGIN = 24 * 2**30
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # where ``python -m sgm...`` finds this package
 
 
 def resolve_compile(choice: str | bool, device: torch.device, low_memory: bool) -> str:
@@ -114,8 +115,9 @@ class BackgroundCompile:
                     "training": module.training, "state": call_state(device.type),
                     "args": map_tensors(args, on_cpu), "kwargs": map_tensors(kwargs, on_cpu)}, self.folder / "call.pt")
         log_file = open(self.folder / "log.txt", "w")
+        # run from the checkout, where ``-m sgm...`` finds this package
         self.child = subprocess.Popen([sys.executable, "-m", "sgm.pipelines.precompile", str(self.folder / "call.pt")],
-                                      stdout=log_file, stderr=subprocess.STDOUT, cwd=PACKAGE_PARENT)
+                                      stdout=log_file, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
         log_file.close()
         _children[self.child] = self.folder
         log.info("%s: compiling the UNet in a background process; the UNet runs eagerly until it is done", self.name)
