@@ -80,6 +80,34 @@ def test_unconditional_zeroes_forced_keys_and_keeps_the_rest():
     assert conditioner.training
 
 
+class CountingFrameEmbedder(FrameEmbedder):
+    """FrameEmbedder that counts its calls (the encoders it stands for cost seconds at 1024 px)."""
+
+    calls = 0
+
+    def forward(self, x):
+        CountingFrameEmbedder.calls += 1
+        return super().forward(x)
+
+
+def test_unconditional_half_runs_each_embedder_once_and_equals_two_separate_calls():
+    conditioner = GeneralConditioner([
+        _node("test_conditioner.TokenEmbedder", "image", ucg_rate=0.1),
+        _node(TIMESTEP, "elevation", params={"outdim": 8}),
+        _node("test_conditioner.CountingFrameEmbedder", "frames", ucg_rate=0.1),
+    ]).eval()
+    batch = make_batch()
+    CountingFrameEmbedder.calls = 0
+    c, uc = conditioner.get_unconditional_conditioning(batch, ["frames", "image"])
+    assert CountingFrameEmbedder.calls == 1
+    separate = (conditioner(batch), conditioner(batch, ["frames", "image"]))
+    for shared, alone in zip((c, uc), separate):
+        assert set(shared) == set(alone)
+        for key in alone:
+            torch.testing.assert_close(shared[key], alone[key], rtol=0, atol=0)
+    assert torch.count_nonzero(uc["concat"]) == 0 and torch.count_nonzero(c["concat"]) > 0
+
+
 def test_training_dropout_drops_whole_rows_at_the_configured_rate():
     conditioner = make_conditioner(ucg_rate=0.3).train()
     batch = make_batch(clips=2, frames=500)

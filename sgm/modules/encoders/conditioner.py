@@ -85,7 +85,16 @@ class GeneralConditioner(nn.Module):
         probability (rows are clips for vector/crossattn outputs, frames for concat outputs).
         """
         zeroed = set(force_zero_embeddings or ())
-        output: dict[str, torch.Tensor] = {}
+        embeddings = []
+        for embedder, embedding in zip(self.embedders, self._embeddings(batch)):
+            if self.training and embedder.ucg_rate > 0:
+                embedding = drop_rows(embedding, embedder.ucg_rate, generator)
+            embeddings.append(embedding)
+        return self._assemble(embeddings, zeroed)
+
+    def _embeddings(self, batch: dict) -> list[torch.Tensor]:
+        """Each embedder's output on its batch key, in list order (no dropout, nothing zeroed)."""
+        outputs = []
         for embedder in self.embedders:
             if embedder.input_key not in batch:
                 raise KeyError(
@@ -94,10 +103,14 @@ class GeneralConditioner(nn.Module):
                 )
             grad = contextlib.nullcontext() if embedder.is_trainable else torch.no_grad()
             with grad:
-                embedding = embedder(batch[embedder.input_key])
+                outputs.append(embedder(batch[embedder.input_key]))
+        return outputs
+
+    def _assemble(self, embeddings: Sequence[torch.Tensor], zeroed: set[str]) -> dict[str, torch.Tensor]:
+        """The conditioning dict of the embedders' outputs, those reading a ``zeroed`` key as zeros."""
+        output: dict[str, torch.Tensor] = {}
+        for embedder, embedding in zip(self.embedders, embeddings):
             key = route(embedding)
-            if self.training and embedder.ucg_rate > 0:
-                embedding = drop_rows(embedding, embedder.ucg_rate, generator)
             if embedder.input_key in zeroed:
                 embedding = torch.zeros_like(embedding)
             output[key] = embedding if key not in output else torch.cat([output[key], embedding], CONCAT_DIM[key])
@@ -106,12 +119,10 @@ class GeneralConditioner(nn.Module):
     def get_unconditional_conditioning(
         self, batch: dict, force_uc_zero_embeddings: Iterable[str] | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(c, uc)`` without dropout; ``uc`` zeroes the embedders reading ``force_uc_zero_embeddings``."""
-        was_training = self.training
-        self.training = False  # no ucg dropout for either half
-        try:
-            cond = self(batch)
-            uncond = self(batch, force_uc_zero_embeddings)
-        finally:
-            self.training = was_training
-        return cond, uncond
+        """``(c, uc)`` without dropout; ``uc`` zeroes the embedders reading ``force_uc_zero_embeddings``.
+
+        Every embedder runs once: without dropout the embedders are deterministic, so the
+        unconditional half takes the conditional half's outputs (zeroed where forced).
+        """
+        embeddings = self._embeddings(batch)
+        return self._assemble(embeddings, set()), self._assemble(embeddings, set(force_uc_zero_embeddings or ()))
