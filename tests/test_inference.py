@@ -251,6 +251,25 @@ def test_low_memory_plan_gives_the_same_orbit(pipe, rgba_image):
     torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-3)
 
 
+def test_a_visiting_module_leaves_the_device_without_copying_its_weights_back():
+    """Low-memory phases: on the device for the block, then the very CPU tensors it had before
+    (same storage, same values), buffers included; the device copies are dropped."""
+    from sgm.pipelines.loading import visiting
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    before = {name: (t.data_ptr(), t.clone()) for name, t in module.state_dict().items()}
+    with visiting(module, torch.device("meta")):
+        assert all(t.device.type == "meta" for t in module.state_dict().values())
+    after = module.state_dict()
+    assert set(after) == set(before)
+    for name, (pointer, values) in before.items():
+        assert after[name].device.type == "cpu" and after[name].data_ptr() == pointer, name
+        torch.testing.assert_close(after[name], values, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="boom"), visiting(module, torch.device("meta")):
+        raise RuntimeError("boom")
+    assert module[0].weight.data_ptr() == before["0.weight"][0]  # restored when the phase fails too
+
+
 def test_two_devices_give_the_images_of_one(configs, pipe, rgba_image):
     """devices=2: the conditional half of every guided call runs on a copy of the UNet (here a second
     CPU thread), in both stages; the images are those of one device."""

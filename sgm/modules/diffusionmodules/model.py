@@ -85,8 +85,13 @@ class AttnBlock(nn.Module):
 
     @staticmethod
     def _tokens(x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, 1, H*W, C): one head, positions as the sequence."""
-        return x.flatten(2).transpose(1, 2).unsqueeze(1)
+        """(N, C, H, W) -> (N, 1, H*W, C) contiguous: one head, positions as the sequence.
+
+        Contiguous because torch's fused attention kernels need a unit stride on the channels;
+        without it a half-precision call falls back to float32 matrix products (C = 512 is too
+        wide for flash attention, not for the memory-efficient kernel).
+        """
+        return x.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, height, width = x.shape
