@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench_inference import CONFIGS, build, run_stage
+from bench_inference import CONFIGS, build, phases, run_stage
 from report import report, require_cuda
 from sgm.config import load_config, model_node
 from sgm.pipelines.compilation import compile_unet
@@ -42,6 +42,7 @@ def measure(stage: int, mode: str, seconds: float, compiled_images: int, json_pa
         first = frames if first is None else first
         difference = (frames - first).abs()
         report({"stage": stage, "mode": mode, "image": image, "compiled": compiled, "total_s": timings["total_s"],
+                **phases(timings, 25),
                 "vs_first_max_abs": difference.max().item(), "vs_first_mean_abs": difference.mean().item(),
                 "child_done": compiling is not None and compiling.done,
                 "elapsed_s": time.perf_counter() - start}, json_path)

@@ -87,6 +87,14 @@ def run_stage(model, stage: int, plan: ExecutionPlan, steps: int, seed: int = 0)
     return timings, frames
 
 
+def phases(timings: dict[str, float], steps: int) -> dict[str, float]:
+    """Conditioning, sampling and decoding seconds of one :func:`run_stage` run; sampling is steps
+    2..n scaled to all n (the first step's extra cost counts as conditioning)."""
+    sampling = timings["steps_after_first_s"] * steps / max(steps - 1, 1)
+    return {"conditioning_s": timings["total_s"] - sampling - timings["tail_s"], "sampling_s": sampling,
+            "decoding_s": timings["tail_s"]}
+
+
 def unet_call(model, stage: int, plan: ExecutionPlan, dtype: torch.dtype):
     """A function doing one guided UNet call on realistic shapes (2 x 16 frames)."""
     device, size, frames = plan.device, model.resolution, model.num_samples
@@ -143,9 +151,7 @@ def measure(stage: int, mode: str, dtype_name: str, steps: int, repeats: int, de
     per_call = statistics.median(times)
     flops = counter.get_total_flops()
     result.update({"unet_call_s": per_call, "unet_call_tflop": flops / 1e12, "tflops_per_s": flops / per_call / 1e12})
-    sampling = timings["steps_after_first_s"] * steps / max(steps - 1, 1)  # steps 2..n, scaled to all n
-    result.update({"sampling_s": sampling, "decoding_s": timings["tail_s"],
-                   "conditioning_s": timings["total_s"] - sampling - timings["tail_s"]})
+    result.update(phases(timings, steps))
     result.update({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": date.today().isoformat(),
                    "python": platform.python_version()})
     return result

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from sgm.config import build_model, load_config
-from sgm.modules.diffusionmodules.util import AlphaBlender, GroupNorm32, LayerNorm
+from sgm.modules.diffusionmodules.util import (
+    AlphaBlender,
+    FewRowsGroupNorm,
+    GroupNorm32,
+    LayerNorm,
+    group_norm_by_reductions,
+)
 from test_training import TINY_V01
 
 HALF = [torch.float16, torch.bfloat16]
@@ -38,6 +44,38 @@ def test_group_norm_in_half_precision_is_the_float32_result_rounded_once(dtype):
     out = norm(x)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), expected.float(), **one_rounding_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 5), (1, 64, 3, 4, 5), (3, 32, 7)], ids=["2d", "3d", "1d"])
+@pytest.mark.parametrize("offset", [0.0, 40.0], ids=["centred", "offset"])
+def test_group_norm_by_reductions_is_group_norm(shape, offset):
+    """float64: the same function as F.group_norm, affine or not, also for rows whose mean is 40
+    standard deviations away from 0 (the variance is a difference of float32 moments)."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) + offset)
+    weight, bias = torch.randn(shape[1], generator=gen, dtype=torch.float64), torch.randn(shape[1], generator=gen,
+                                                                                        dtype=torch.float64)
+    for affine_params in ((weight, bias), (None, None)):
+        expected = F.group_norm(x, 4, *affine_params, 1e-6)
+        torch.testing.assert_close(group_norm_by_reductions(x, 4, *affine_params, 1e-6), expected, rtol=0, atol=1e-9)
+        # float32 statistics on float32 input: float32 rounding of the moments (atol 1e-3 at offset 40)
+        out = group_norm_by_reductions(x.float(), 4, *[p if p is None else p.float() for p in affine_params], 1e-6)
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-5 if offset == 0 else 1e-3)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_group_norm_by_reductions_in_half_precision_is_the_float32_result_rounded_once(dtype):
+    norm = affine(FewRowsGroupNorm(4, 16, eps=1e-6), seed=0)
+    x = (3 * torch.randn(2, 16, 5, 5, generator=torch.Generator().manual_seed(1)) + 2).to(dtype)
+    expected = F.group_norm(x.float(), 4, norm.weight.float(), norm.bias.float(), norm.eps).to(dtype)
+    with torch.no_grad():
+        out = group_norm_by_reductions(x, 4, norm.weight.to(dtype), norm.bias.to(dtype), norm.eps)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected.float(), **one_rounding_tolerance(dtype))
+        # on the CPU the module keeps the native kernel: exactly nn.GroupNorm
+        plain = torch.nn.GroupNorm(4, 16, eps=1e-6).to(dtype)
+        plain.load_state_dict(norm.to(dtype).state_dict())
+        assert torch.equal(norm(x), plain(x))
 
 
 @pytest.mark.parametrize("dtype", HALF)
