@@ -58,6 +58,32 @@ def test_the_child_compiles_and_the_caller_loads_its_graph_from_the_cache(fresh_
     assert counters["inductor"]["fxgraph_cache_miss"] == 0
 
 
+def test_the_child_builds_the_network_with_the_parents_dtypes_grad_flags_and_modes():
+    """A compiled graph is keyed on each parameter's requires_grad (seen on an H200: the partly frozen
+    stage-2 UNet rebuilt all-frozen missed the cache, and the switch-over call compiled for 93 s)."""
+    from sgm.pipelines.precompile import build_network
+
+    block = {"target": "sgm.modules.diffusionmodules.model.ResnetBlock", "params": {"in_channels": 32, "out_channels": 64}}
+    module = instantiate_from_config(block).eval()
+    module.norm1.requires_grad_(False)  # the first parameter frozen, the others trained
+    module.half()
+    module.dropout.train()
+    compiling = BackgroundCompile(module, "tiny", block)
+    module(torch.randn(1, 32, 4, 4, dtype=torch.float16))  # eager: writes the call and starts the child
+    compiling.child.kill()
+    compiling.child.wait()
+    call = torch.load(compiling.folder / "call.pt", weights_only=True)
+    network = build_network(call)
+
+    def described(net):
+        return ({name: (p.dtype, p.requires_grad) for name, p in net.named_parameters()},
+                {name: b.dtype for name, b in net.named_buffers()},
+                {name for name, m in net.named_modules() if m.training})
+    assert described(network) == described(module)
+    assert described(module)[0]["conv2.weight"] == (torch.float16, True)
+    assert described(module)[0]["norm1.weight"] == (torch.float16, False)
+
+
 def test_a_failed_child_leaves_the_module_eager_with_one_warning(fresh_compile_cache, caplog):
     module = instantiate_from_config(CONV).eval()
     compiling = BackgroundCompile(module, "tiny", {"target": "torch.nn.NoSuchLayer"})

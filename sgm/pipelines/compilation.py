@@ -73,6 +73,16 @@ def on_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu()
 
 
+def module_state(module: nn.Module) -> dict:
+    """What a compiled graph of ``module`` is keyed on besides its inputs' shapes: each parameter's
+    dtype and ``requires_grad``, each buffer's dtype, the names of the modules in training mode."""
+    def name_of(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+    return {"parameters": {name: (name_of(p.dtype), p.requires_grad) for name, p in module.named_parameters()},
+            "buffers": {name: name_of(b.dtype) for name, b in module.named_buffers()},
+            "training": [name for name, m in module.named_modules() if m.training]}
+
+
 class BackgroundCompile:
     """Compile ``module`` in another process from the inputs of its first call; it runs eagerly until :meth:`adopt`.
 
@@ -105,14 +115,12 @@ class BackgroundCompile:
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._hook.remove()
-        parameter = next(module.parameters())
-        device = parameter.device
+        device = next(module.parameters()).device
         if not self._room_for_child(device):
             return
         self.folder = Path(tempfile.mkdtemp(prefix="hi3d-precompile-"))
-        torch.save({"network_config": self.network_config, "device": str(device),
-                    "dtype": str(parameter.dtype).removeprefix("torch."), "requires_grad": parameter.requires_grad,
-                    "training": module.training, "state": call_state(device.type),
+        torch.save({"network_config": self.network_config, "device": str(device), **module_state(module),
+                    "state": call_state(device.type),
                     "args": map_tensors(args, on_cpu), "kwargs": map_tensors(kwargs, on_cpu)}, self.folder / "call.pt")
         log_file = open(self.folder / "log.txt", "w")
         # run from the checkout, where ``-m sgm...`` finds this package
