@@ -57,7 +57,7 @@ from subprocess import Popen, TimeoutExpired
 import pytorch_lightning as pl
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
-from .common.errors import USER_ERRORS
+from .common.errors import USER_ERRORS, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,24 @@ SETTLE_S = 1.5
 OWN_EXIT_DEADLINE_ENV, FAILED_RANK_GRACE_ENV = "HI3D_RANK_EXIT_DEADLINE_S", "HI3D_FAILED_RANK_GRACE_S"
 
 
-def _seconds(env: str, default: float) -> float:
-    """``$env`` as seconds when it is set, else ``default``."""
+def seconds_from_env(env: str, default: float) -> float:
+    """``$env`` as a positive number of seconds when it is set, else ``default``; UsageError otherwise."""
     value = os.environ.get(env)
-    return float(value) if value else default
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise UsageError(f"environment variable {env}={value!r}: expected a positive number of seconds")
+    return seconds
 
 
 # A rank still alive this long after its own error ends itself (its exit path got stuck).
-OWN_EXIT_DEADLINE_S = _seconds(OWN_EXIT_DEADLINE_ENV, 20.0)
+OWN_EXIT_DEADLINE_S = 20.0
 # The launching process lets a failed child finish printing its error this long before killing it.
-FAILED_RANK_GRACE_S = _seconds(FAILED_RANK_GRACE_ENV, 10.0)
+FAILED_RANK_GRACE_S = 10.0
 # A child that knows of another rank's failure this long without being ended ends itself.
 PEER_GRACE_S = 30.0
 # After a successful fit, the launching process waits this long for each child to exit.
@@ -197,6 +205,8 @@ class RankFailureGuard(pl.Callback):
             self._remove_folder()
 
     def _begin(self, trainer: pl.Trainer) -> None:
+        self._own_exit_deadline_s = seconds_from_env(OWN_EXIT_DEADLINE_ENV, OWN_EXIT_DEADLINE_S)
+        self._failed_rank_grace_s = seconds_from_env(FAILED_RANK_GRACE_ENV, FAILED_RANK_GRACE_S)
         self._trainer = trainer
         self._rank = trainer.node_rank * trainer.num_devices + trainer.local_rank
         environment = trainer.strategy.cluster_environment
@@ -313,7 +323,7 @@ class RankFailureGuard(pl.Callback):
         for rank, proc in children.items():
             if rank not in failed and proc.poll() is None:
                 proc.send_signal(KILL_SIGNAL)
-        deadline = time.monotonic() + FAILED_RANK_GRACE_S
+        deadline = time.monotonic() + self._failed_rank_grace_s
         for rank, proc in children.items():
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()) if rank in failed else 5.0)
@@ -358,8 +368,8 @@ class RankFailureGuard(pl.Callback):
     def _check(self) -> None:
         now = time.monotonic()
         if self._failed_at is not None:
-            if now - self._failed_at > OWN_EXIT_DEADLINE_S:
-                _say(f"rank {self._rank} is still running {OWN_EXIT_DEADLINE_S:.0f} s after its error: ending it")
+            if now - self._failed_at > self._own_exit_deadline_s:
+                _say(f"rank {self._rank} is still running {self._own_exit_deadline_s:.0f} s after its error: ending it")
                 self._remove_folder()
                 self._exit_process(self._own_exit_code)
             return

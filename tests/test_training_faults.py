@@ -211,3 +211,17 @@ def test_a_logging_failure_is_reported_once_and_training_goes_on(orbit_folder: P
     assert len(reports) == 1, reports
     assert "logging at global step 1 failed" in reports[0] and expected in reports[0], reports[0]
 
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "inf", "nan"])
+def test_a_bad_backstop_wait_in_the_environment_is_named(monkeypatch, value):
+    from sgm.common.errors import UsageError
+    from sgm.distributed_faults import seconds_from_env
+
+    monkeypatch.setenv(OWN_EXIT_DEADLINE_ENV, value)
+    with pytest.raises(UsageError, match=f"{OWN_EXIT_DEADLINE_ENV}='{value}': expected a positive number of seconds"):
+        seconds_from_env(OWN_EXIT_DEADLINE_ENV, 20.0)
+    monkeypatch.setenv(OWN_EXIT_DEADLINE_ENV, "2.5")
+    assert seconds_from_env(OWN_EXIT_DEADLINE_ENV, 20.0) == 2.5
+    monkeypatch.delenv(OWN_EXIT_DEADLINE_ENV)
+    assert seconds_from_env(OWN_EXIT_DEADLINE_ENV, 20.0) == 20.0
