@@ -92,7 +92,7 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     """Build the model of ``spec.config``, load its checkpoint strictly, move it to ``device``/``dtype``.
 
     Returns:
-        (model in eval mode, checkpoint path or None when the weights are random).
+        (model in eval mode without gradients, checkpoint path or None when the weights are random).
 
     Raises:
         FileNotFoundError: the config or the checkpoint is missing (named, with the README section).
@@ -116,7 +116,9 @@ def load_stage_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     else:
         log.warning("%s names no checkpoint: the model has UNTRAINED random weights and will output noise",
                     spec.config)
-    model = model.to(device=device, dtype=dtype).eval()
+    # Inference: no parameter needs a gradient (a config's trained_param_keys leave some flags on, and a
+    # compiled UNet's graph is keyed on every flag).
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     source = str(checkpoint) if checkpoint is not None else f"the random weights built from {spec.config}"
     check_finite_weights(model, source, dtype)
     return model, checkpoint
