@@ -149,6 +149,47 @@ def test_checkpoint_of_the_other_stage_is_refused(demo_configs, tmp_path):
         load_stage_model(ModelSpec(demo1, path), torch.device("cpu"), torch.float32)
 
 
+def test_init_functions_leave_this_threads_tensors_alone_in_the_block_only():
+    import threading
+
+    from sgm.pipelines.loading import weights_left_uninitialised
+
+    original = torch.nn.init.kaiming_uniform_
+    with weights_left_uninitialised():
+        state = torch.random.get_rng_state()
+        torch.nn.Linear(64, 64), torch.nn.Conv2d(4, 8, 3), torch.nn.GroupNorm(2, 8)
+        assert torch.equal(torch.random.get_rng_state(), state)  # no initial weight was drawn
+        elsewhere = []
+        worker = threading.Thread(target=lambda: elsewhere.append(torch.nn.init.ones_(torch.zeros(3))))
+        worker.start()
+        worker.join()
+        assert torch.equal(elsewhere[0], torch.ones(3))  # another thread still initialises
+    assert torch.nn.init.kaiming_uniform_ is original
+    state = torch.random.get_rng_state()
+    torch.nn.Linear(4, 4)
+    assert not torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_model_built_for_its_checkpoint_holds_the_files_weights_and_its_constructor_buffers(demo_configs):
+    """load_stage_model builds without initial weights when a checkpoint replaces them: every persistent
+    tensor is the file's, and the buffers constructors compute (the CLIP text mask) are as built normally."""
+    from sgm.checkpoint import read_state_dict
+    from sgm.config import build_model, load_config
+
+    demo1 = demo_configs[0]
+    model, checkpoint = load_stage_model(ModelSpec(demo1), torch.device("cpu"), torch.float32)
+    weights = read_state_dict(checkpoint)
+    state = model.state_dict()
+    assert set(state) == set(weights)
+    for key, value in weights.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    built = dict(build_model(load_config(demo1), random_pretrained_encoders=True).named_buffers())
+    masks = {name: buffer for name, buffer in model.named_buffers() if name not in state}
+    assert masks, "expected constructor-made (non-persistent) buffers"
+    for name, buffer in masks.items():
+        assert torch.equal(buffer, built[name]), name
+
+
 def test_checkpoint_is_loaded_when_given(demo_configs, tmp_path):
     demo1 = demo_configs[0]
     model, _ = load_stage_model(ModelSpec(demo1), torch.device("cpu"), torch.float32)
