@@ -257,7 +257,7 @@ def visiting(module: torch.nn.Module, device: torch.device):
 
     Its parameters and buffers keep their original tensors during the block, so the way back
     drops the device copies instead of copying them back: inference changes no weight, and
-    leaving costs nothing (a 3 GiB UNet took about a second to copy back to the CPU).
+    leaving costs nothing (the 2.84 GiB stage-2 UNet took 0.46 s to copy back to the CPU on an H200 machine).
     """
     kept = [(slots, name, tensor, tensor.data) for owner in module.modules()
             for slots in (owner._parameters, owner._buffers) for name, tensor in slots.items() if tensor is not None]
