@@ -26,8 +26,7 @@ def build_network(call: dict) -> torch.nn.Module:
     graphs are keyed on all three: a partly frozen UNet compiled as all-frozen misses the cache)."""
     with torch.device("meta"):
         network = instantiate_from_config(call["network_config"])
-    network = network.to_empty(device=torch.device(call["device"]))
-    for name, (dtype, requires_grad) in call["parameters"].items():
+    for name, (dtype, requires_grad) in call["parameters"].items():  # on the meta device: no memory
         parameter = network.get_parameter(name)
         parameter.data = parameter.data.to(getattr(torch, dtype))
         parameter.requires_grad_(requires_grad)
@@ -38,7 +37,7 @@ def build_network(call: dict) -> torch.nn.Module:
     training = set(call["training"])
     for name, module in network.named_modules():
         module.training = name in training
-    return network
+    return network.to_empty(device=torch.device(call["device"]))
 
 
 def precompile(call: dict) -> None:
