@@ -243,12 +243,14 @@ class ExecutionPlan:
         if not self.low_memory:
             yield
             return
-        with contextlib.ExitStack() as stack:
-            for module in modules:
-                stack.enter_context(visiting(module, self.device))
-            yield
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        try:
+            with contextlib.ExitStack() as stack:
+                for module in modules:
+                    stack.enter_context(visiting(module, self.device))
+                yield
+        finally:  # also after a failed phase (an out-of-memory error): the device copies' memory goes back
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager

@@ -87,9 +87,9 @@ def group_norm_by_reductions(x: torch.Tensor, num_groups: int, weight: torch.Ten
     """``F.group_norm`` (no gradient through the statistics) computed with whole-device reductions.
 
     Per (sample, group) row: the float32 (float64 for float64 input) mean and mean of squares
-    (``mean`` and ``vector_norm`` with that accumulator read the input as it is, no float32 copy), variance = mean of
-    squares - mean^2; then ``batch_norm`` in inference form with those statistics repeated per
-    channel applies ``(x - mean) / sqrt(var + eps) * weight + bias`` in float32 with one rounding
+    (``mean`` and ``vector_norm`` with that accumulator read the input as it is, no float32
+    copy), variance = mean of squares - mean^2; then ``batch_norm`` in inference form with those
+    statistics repeated per channel applies ``(x - mean) / sqrt(var + eps) * weight + bias`` in float32 with one rounding
     to the input dtype, as the native kernel does.
 
     Args:
@@ -128,8 +128,8 @@ class FewRowsGroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         few_long_rows = (x.shape[0] * self.num_groups <= self.max_rows
                          and x[0].numel() // self.num_groups >= self.min_row_length)
-        if (x.is_cuda and x.dtype in HALF_DTYPES and few_long_rows
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if x.is_cuda and x.dtype in HALF_DTYPES and few_long_rows and not needs_grad:
             return group_norm_by_reductions(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
