@@ -214,11 +214,12 @@ class Hi3DPipeline:
                 raise UsageError(f"this pipeline was built without a model for stage {stage!r}")
             home = torch.device("cpu") if self.plan.low_memory else self.device
             model, checkpoint = load_stage_model(spec, home, self.dtype)
-            guard_inference_convolutions(model, spec.config, self.device, self.dtype)  # wrong cuDNN kernels (issue 20)
+            config = load_config(spec.config)  # parsed once for the checks and the compilation
+            guard_inference_convolutions(model, config, self.device, self.dtype)  # wrong cuDNN kernels (issue 20)
             source = checkpoint_source(spec)
             named = str(source) if is_hub_reference(str(source)) else checkpoint  # a hub file by its reference
             self._weights[stage] = {"config": str(spec.config), "checkpoint": None if named is None else str(named)}
-            network_config = model_node(load_config(spec.config))["params"]["network_config"]
+            network_config = model_node(config)["params"]["network_config"]
             networks = [model.model, *self.plan.replicate(model.model)]  # copied before any compilation
             compiling = [compile_unet(network.diffusion_model, self.compile, f"stage {stage!r}", network_config)
                          for network in networks]
