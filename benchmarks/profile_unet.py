@@ -1,6 +1,6 @@
-"""Time one guided full-size UNet call under several execution variants, and profile the default one.
+"""Time one guided full-size UNet call under several execution variants, and profile one of them.
 
-    python benchmarks/profile_unet.py --stage 1 --variants eager compile --profile
+    python benchmarks/profile_unet.py --stage 1 --variants eager compile --profile compile
 
 Only the UNet is built (random weights, fp16 on the GPU), fed 2 clips x 16 frames as in
 guided sampling. Each variant's output is compared with the eager one (relative error); the
@@ -48,9 +48,11 @@ def set_conv_memory_format(module: torch.nn.Module, memory_format: torch.memory_
 
 
 KERNEL_CATEGORIES = {  # first matching substring (lower case) names the category
-    "attention": ("flash", "fmha", "attention"),
-    "gemm": ("nvjet", "gemm_f16", "sm90_xmma_gemm", "cutlass", "cublas"),
-    "convolution": ("conv", "implicit", "winograd", "fprop", "dgrad", "wgrad"),
+    "attention": ("flash", "fmha", "attention", "sdpa"),
+    "triton reduction": ("triton_red", "triton_per"),  # compiled norms and what they fused
+    "triton pointwise": ("triton_poi",),
+    "convolution": ("fprop", "dgrad", "wgrad", "conv", "implicit", "winograd"),
+    "gemm": ("nvjet", "gemm", "xmma", "cutlass", "cublas"),
     "norm": ("group_norm", "groupnorm", "layer_norm", "layernorm", "welford", "moments"),
     "layout copy": ("nchwtonhwc", "nhwctonchw", "transpose", "copy"),
     "elementwise": ("elementwise", "vectorized", "unrolled", "reduce"),
@@ -68,7 +70,23 @@ def print_kernel_categories(prof) -> None:
         totals[category] = totals.get(category, 0.0) + event.device_time_total / 1000
     whole = sum(totals.values())
     for category, ms in sorted(totals.items(), key=lambda item: -item[1]):
-        print(f"  {category:>12}: {ms:7.1f} ms ({100 * ms / whole:4.1f}%)")
+        print(f"  {category:>16}: {ms:7.1f} ms ({100 * ms / whole:4.1f}%)")
+
+
+def print_profile(call) -> None:
+    """The top CUDA kernels of one ``call()``, their categories, and the aten ops that launch them."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=100))
+    print_kernel_categories(prof)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.self_device_time_total > 0]
+    print("aten ops by the time of the kernels they launch themselves:")
+    for event in sorted(ops, key=lambda e: -e.self_device_time_total)[:20]:
+        print(f"  {event.key:>32}: {event.self_device_time_total / 1000:7.1f} ms in {event.count} calls")
 
 
 def timed(fn, repeats: int) -> float:
@@ -89,7 +107,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["eager", "compile"],
                         choices=["eager", "channels_last", "compile"])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels of the eager call")
+    parser.add_argument("--profile", nargs="?", const="eager", choices=["eager", "channels_last", "compile"],
+                        help="print the top CUDA kernels of that variant's call (default: eager)")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     unet, inputs = build_unet(args.stage)
@@ -97,21 +116,6 @@ def main() -> None:
     def run(module, x):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.half):
             return module(x, inputs["timesteps"], context=inputs["context"], y=inputs["y"], num_video_frames=16)
-
-    if args.profile:
-        run(unet, inputs["x"])
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            run(unet, inputs["x"])
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=100))
-        print_kernel_categories(prof)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run(unet, inputs["x"])
-            torch.cuda.synchronize()
-        ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.self_device_time_total > 0]
-        print("aten ops by the time of the kernels they launch themselves:")
-        for event in sorted(ops, key=lambda e: -e.self_device_time_total)[:20]:
-            print(f"  {event.key:>32}: {event.self_device_time_total / 1000:7.1f} ms in {event.count} calls")
 
     reference = None
     for variant in args.variants:
@@ -127,6 +131,8 @@ def main() -> None:
         torch.cuda.synchronize()
         first_call = time.perf_counter() - start
         out = run(module, x)
+        if variant == args.profile:
+            print_profile(lambda: run(module, x))
         if reference is None:
             reference = out.float()
         error = ((out.float() - reference).norm() / reference.norm()).item()
