@@ -36,6 +36,9 @@ ATTENTION_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.F
 
 
 def mean_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Mean seconds of ``fn`` over ``repeats`` back-to-back calls between two CUDA events. Unlike
+    ``profile_unet.timed`` (median of calls timed one by one), no call waits for its launch on an idle
+    GPU: many of these kernels take tens of microseconds."""
     for _ in range(3):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
